@@ -1,0 +1,1 @@
+"""Bridge operations. Each module registers its handlers in `bridge.ops.base.REGISTRY`."""
