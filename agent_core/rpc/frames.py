@@ -1,0 +1,168 @@
+"""Plaintext frames inside the secure channel: JSON envelopes and binary chunks.
+
+Every Noise transport message carries one plaintext of at most `MAX_PLAINTEXT` bytes:
+
+* starts with `{`  → a UTF-8 JSON envelope (request, response or stream event);
+* starts with 0x00 → a binary chunk: a 10-byte header, then payload.
+
+Chunk header (big-endian): `0x00 | flags u8 | request id u32 | seq u32`. Flags: bit 0 `FINAL`
+(last chunk of this stream), bit 1 `ENVELOPE` (the payloads of this stream, joined, are one JSON
+envelope too large for a single frame). Sequence numbers start at 0 and grow by one, so a
+dropped or reordered chunk is detected rather than silently corrupting a file.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+# A Noise transport message is at most 65535 bytes, 16 of which are the AES-GCM tag.
+MAX_PLAINTEXT = 65535 - 16
+CHUNK_HEADER = struct.Struct(">BBII")
+CHUNK_HEADER_SIZE = CHUNK_HEADER.size
+MAX_CHUNK_PAYLOAD = MAX_PLAINTEXT - CHUNK_HEADER_SIZE
+FLAG_FINAL = 0x01
+FLAG_ENVELOPE = 0x02
+_KNOWN_FLAGS = FLAG_FINAL | FLAG_ENVELOPE
+MAX_ID = 2**32 - 1
+# Largest envelope accepted after reassembly (a 16 MiB text file, JSON-escaped, fits).
+DEFAULT_MAX_ENVELOPE = 48 * 1024 * 1024
+
+
+class FrameError(ValueError):
+    """A plaintext frame that breaks the framing rules. The peer is buggy or hostile."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    id: int
+    seq: int
+    final: bool
+    payload: bytes
+
+
+def encode_chunk(
+    req_id: int, seq: int, payload: bytes, *, final: bool, envelope: bool = False
+) -> bytes:
+    if len(payload) > MAX_CHUNK_PAYLOAD:
+        raise ValueError(f"chunk payload of {len(payload)} bytes exceeds {MAX_CHUNK_PAYLOAD}")
+    flags = (FLAG_FINAL if final else 0) | (FLAG_ENVELOPE if envelope else 0)
+    return CHUNK_HEADER.pack(0, flags, req_id, seq) + payload
+
+
+def decode_chunk(frame: bytes) -> tuple[Chunk, bool]:
+    """Return the chunk and whether it is an envelope fragment."""
+    if len(frame) < CHUNK_HEADER_SIZE:
+        raise FrameError("truncated chunk header")
+    marker, flags, req_id, seq = CHUNK_HEADER.unpack_from(frame)
+    if marker != 0:
+        raise FrameError("not a chunk")
+    if flags & ~_KNOWN_FLAGS:
+        raise FrameError(f"unknown chunk flags 0x{flags:02x}")
+    return Chunk(req_id, seq, bool(flags & FLAG_FINAL), bytes(frame[CHUNK_HEADER_SIZE:])), bool(
+        flags & FLAG_ENVELOPE
+    )
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_envelope(obj: dict[str, Any]) -> list[bytes]:
+    """Encode an envelope as one frame, or as envelope chunks when it does not fit in one."""
+    data = dumps(obj)
+    if len(data) <= MAX_PLAINTEXT:
+        return [data]
+    req_id = obj.get("id")
+    if not isinstance(req_id, int) or isinstance(req_id, bool) or not 0 <= req_id <= MAX_ID:
+        raise ValueError("an envelope too large for one frame needs an integer id")
+    return chunk_payload(req_id, data, envelope=True)
+
+
+def chunk_payload(req_id: int, data: bytes | memoryview, *, envelope: bool = False) -> list[bytes]:
+    """Split bytes into a complete chunk stream (at least one chunk, the last one final)."""
+    view = memoryview(data)
+    n = max(1, -(-len(view) // MAX_CHUNK_PAYLOAD))
+    return [
+        encode_chunk(
+            req_id,
+            i,
+            bytes(view[i * MAX_CHUNK_PAYLOAD : (i + 1) * MAX_CHUNK_PAYLOAD]),
+            final=i == n - 1,
+            envelope=envelope,
+        )
+        for i in range(n)
+    ]
+
+
+class FrameDecoder:
+    """Turns plaintext frames into envelopes (dicts) and data chunks.
+
+    Envelope fragments are reassembled here so the layers above see only whole envelopes.
+    Data chunks are checked for sequence order per request id and passed through.
+    """
+
+    def __init__(self, max_envelope: int = DEFAULT_MAX_ENVELOPE) -> None:
+        self.max_envelope = max_envelope
+        self._fragments: dict[int, list[bytes]] = {}
+        self._fragment_sizes: dict[int, int] = {}
+        self._next_seq: dict[int, int] = {}
+
+    def feed(self, frame: bytes) -> dict[str, Any] | Chunk | None:
+        """Return a whole envelope, a data chunk, or None (an envelope fragment was buffered).
+
+        Raises FrameError for framing violations and ValueError (JSONDecodeError) for bad JSON;
+        the caller decides which is fatal.
+        """
+        if not frame:
+            raise FrameError("empty frame")
+        first = frame[0]
+        if first == 0x7B:  # "{"
+            return parse_envelope(frame)
+        if first != 0:
+            raise FrameError(f"frame starts with 0x{first:02x}: neither '{{' nor 0x00")
+        chunk, is_envelope = decode_chunk(frame)
+        key = chunk.id if not is_envelope else -1 - chunk.id
+        expected = self._next_seq.get(key, 0)
+        if chunk.seq != expected:
+            raise FrameError(
+                f"chunk for id {chunk.id} out of order: seq {chunk.seq}, expected {expected}"
+            )
+        if chunk.final:
+            self._next_seq.pop(key, None)
+        else:
+            self._next_seq[key] = expected + 1
+        if not is_envelope:
+            return chunk
+        size = self._fragment_sizes.get(chunk.id, 0) + len(chunk.payload)
+        if size > self.max_envelope:
+            self._fragments.pop(chunk.id, None)
+            self._fragment_sizes.pop(chunk.id, None)
+            raise FrameError(f"envelope for id {chunk.id} exceeds {self.max_envelope} bytes")
+        parts = self._fragments.setdefault(chunk.id, [])
+        parts.append(chunk.payload)
+        self._fragment_sizes[chunk.id] = size
+        if not chunk.final:
+            return None
+        del self._fragments[chunk.id]
+        del self._fragment_sizes[chunk.id]
+        data = b"".join(parts)
+        if not data.startswith(b"{"):
+            raise FrameError("reassembled envelope is not a JSON object")
+        return parse_envelope(data)
+
+    def forget(self, req_id: int) -> None:
+        """Drop partial state for a finished or cancelled request."""
+        self._next_seq.pop(req_id, None)
+        self._fragments.pop(req_id, None)
+        self._fragment_sizes.pop(req_id, None)
+        self._next_seq.pop(-1 - req_id, None)
+
+
+def parse_envelope(data: bytes) -> dict[str, Any]:
+    obj = json.loads(data)
+    if not isinstance(obj, dict):
+        raise FrameError("envelope is not a JSON object")
+    return obj

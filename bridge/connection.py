@@ -1,0 +1,340 @@
+"""One WebSocket connection: the Noise handshake, then the RPC session of a paired device.
+
+The connection owns ordering (one send lock: Noise nonces must leave in the order they were
+taken), request tasks, cancellation, chunk routing, limits and the audit entry of every op.
+Any integrity failure (tampered, replayed or reordered frame) closes the connection at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from agent_core import __version__
+from agent_core.channel.crypto import CryptoError
+from agent_core.channel.handshake import SUBPROTOCOL_PAIR, ServerHandshake
+from agent_core.channel.noise import NoiseError, Transport
+from agent_core.rpc.errors import (
+    EACCES,
+    EBUSY,
+    ECANCELED,
+    EINVAL,
+    EIO,
+    ENOENT,
+    ENOSPC,
+    EUNSUPPORTED,
+    RpcError,
+)
+from agent_core.rpc.frames import (
+    MAX_CHUNK_PAYLOAD,
+    MAX_ID,
+    Chunk,
+    FrameDecoder,
+    FrameError,
+    encode_chunk,
+    encode_envelope,
+)
+from bridge.devices import Device
+from bridge.ops.base import REGISTRY, OpContext, OpSpec
+
+if TYPE_CHECKING:
+    from bridge.server import Bridge
+
+log = logging.getLogger("kite.bridge")
+
+CLOSE_POLICY = 1008  # RFC 6455 policy violation: refused peer, failed integrity check
+SERVER_INFO = {"name": "kite-bridge", "version": __version__, "protocol": "kite.v1"}
+_ERRNO_CODES = {
+    errno.ENOENT: ENOENT,
+    errno.EACCES: EACCES,
+    errno.EPERM: EACCES,
+    errno.ENOSPC: ENOSPC,
+    errno.EDQUOT: ENOSPC,
+}
+_END = object()
+
+
+class _Request:
+    __slots__ = ("chunks", "op", "started", "task")
+
+    def __init__(self, op: str) -> None:
+        self.op = op
+        self.task: asyncio.Task[None] | None = None
+        self.chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self.started = time.monotonic()
+
+
+class Connection:
+    def __init__(self, bridge: Bridge, ws: ServerConnection) -> None:
+        self.bridge = bridge
+        self.ws = ws
+        self.peer = ws.remote_address[0] if ws.remote_address else "?"
+        self.device: Device | None = None
+        self._transport: Transport | None = None
+        self._send_lock = asyncio.Lock()
+        self._requests: dict[int, _Request] = {}
+        self._decoder = FrameDecoder()
+        self._closing = False
+
+    # -- handshake -------------------------------------------------------------------------
+
+    async def _recv_binary(self, timeout: float) -> bytes:
+        msg = await asyncio.wait_for(self.ws.recv(), timeout)
+        if isinstance(msg, str):
+            raise NoiseError("text frame during handshake")
+        return msg
+
+    async def handshake(self) -> Device | None:
+        mode = self.ws.subprotocol or ""
+        bridge = self.bridge
+        hs = ServerHandshake(
+            bridge.backend, mode=mode, static=bridge.host_keypair, info=SERVER_INFO
+        )
+        t0 = time.monotonic()
+        outcome = "ok"
+        device: Device | None = None
+        try:
+            timeout = bridge.config.handshake_timeout_s
+            await self.ws.send(await hs.respond(await self._recv_binary(timeout)))
+            message3 = await self._recv_binary(timeout)
+            if mode == SUBPROTOCOL_PAIR:
+                result = await hs.finish(message3, bridge.registry.active_secrets())
+                if result.psk is None or not bridge.registry.consume_secret(result.psk):
+                    raise NoiseError("pairing secret already used")
+                device = bridge.registry.register(
+                    result.remote_static, result.remote_info.get("name")
+                )
+            else:
+                result = await hs.finish(message3)
+                device = bridge.registry.by_key(result.remote_static)
+                if device is None or device.revoked:
+                    outcome = "EACCES: device revoked" if device else "EACCES: unknown device"
+                    device = None
+            if device is not None:
+                self._transport = result.transport
+        except (NoiseError, CryptoError, TimeoutError) as exc:
+            outcome = f"refused: {exc.__class__.__name__}: {exc}"
+        except ConnectionClosed:
+            outcome = "refused: peer closed during handshake"
+        bridge.audit_event(
+            op="pair" if mode == SUBPROTOCOL_PAIR else "connect",
+            device=device.id if device else None,
+            peer=self.peer,
+            outcome=outcome,
+            t0=t0,
+        )
+        if device is None:
+            bridge.note_handshake_failure(self.peer, mode)
+            return None
+        bridge.registry.touch(device.id)
+        return device
+
+    # -- session ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        device = await self.handshake()
+        if device is None:
+            # No application message: the peer learns nothing but that it was refused.
+            await self.ws.close(CLOSE_POLICY, "")
+            return
+        self.device = device
+        self.bridge.live_connections.add(self)
+        try:
+            await self._serve()
+        finally:
+            self.bridge.live_connections.discard(self)
+            await self._abort_requests()
+
+    async def _serve(self) -> None:
+        assert self._transport is not None
+        idle = self.bridge.config.idle_timeout_s
+        while True:
+            try:
+                frame = await asyncio.wait_for(self.ws.recv(), idle)
+            except TimeoutError:
+                await self.ws.close(1000, "idle timeout")
+                return
+            except ConnectionClosed:
+                return
+            if isinstance(frame, str):
+                await self.close(CLOSE_POLICY, "binary frames only")
+                return
+            try:
+                plain = await self._transport.decrypt(frame)
+            except (NoiseError, CryptoError):
+                log.warning("closing %s: frame failed authentication", self._who())
+                await self.close(CLOSE_POLICY, "integrity check failed")
+                return
+            try:
+                item = self._decoder.feed(plain)
+            except FrameError as exc:
+                await self.close(CLOSE_POLICY, f"framing error: {exc}"[:120])
+                return
+            except ValueError as exc:  # malformed JSON: answer, keep the session
+                await self.send_envelope(_error(None, RpcError(EINVAL, f"malformed JSON: {exc}")))
+                continue
+            if item is None:
+                continue
+            if isinstance(item, Chunk):
+                await self._route_chunk(item)
+            else:
+                await self._on_envelope(item)
+
+    async def _route_chunk(self, chunk: Chunk) -> None:
+        req = self._requests.get(chunk.id)
+        if req is None:
+            return  # the request finished or was cancelled; late chunks are dropped
+        await req.chunks.put(chunk.payload)
+        if chunk.final:
+            await req.chunks.put(_END)
+
+    async def _on_envelope(self, env: dict[str, Any]) -> None:
+        req_id = env.get("id")
+        if not isinstance(req_id, int) or isinstance(req_id, bool) or not 0 <= req_id <= MAX_ID:
+            await self.send_envelope(
+                _error(None, RpcError(EINVAL, "request id must be an integer in [0, 2^32)"))
+            )
+            return
+        op = env.get("op")
+        args = env.get("args", {})
+        if not isinstance(op, str) or not isinstance(args, dict):
+            await self.send_envelope(
+                _error(req_id, RpcError(EINVAL, "a request is {id, op: string, args: object}"))
+            )
+            return
+        if op == "cancel":
+            await self._cancel(req_id, args)
+            return
+        spec = REGISTRY.get(op)
+        problem: RpcError | None = None
+        if spec is None:
+            problem = RpcError(EUNSUPPORTED, f"unknown op '{op}'")
+        elif req_id in self._requests:
+            problem = RpcError(EINVAL, f"request id {req_id} is already in flight")
+        elif len(self._requests) >= self.bridge.config.max_inflight:
+            problem = RpcError(EBUSY, "too many requests in flight on this connection")
+        elif spec.mutates and self.bridge.policy.read_only:
+            problem = RpcError(EACCES, "the host is in read-only mode")
+        if problem is not None:
+            self.bridge.audit_op(self, op, req_id, {}, problem.code, time.monotonic())
+            await self.send_envelope(_error(req_id, problem))
+            return
+        assert spec is not None
+        req = _Request(op)
+        self._requests[req_id] = req
+        req.task = asyncio.get_running_loop().create_task(self._run(req_id, req, spec, args))
+
+    async def _cancel(self, req_id: int, args: dict[str, Any]) -> None:
+        target = args.get("target")
+        req = self._requests.get(target) if isinstance(target, int) else None
+        if req is not None and req.task is not None:
+            req.task.cancel()
+        await self.send_envelope(
+            {"id": req_id, "ok": True, "result": {"cancelled": req is not None}}
+        )
+
+    async def _run(self, req_id: int, req: _Request, spec: OpSpec, args: dict[str, Any]) -> None:
+        seq = 0
+
+        async def emit(event: str, data: Any) -> None:
+            await self.send_envelope({"id": req_id, "event": event, "data": data})
+
+        async def send_chunk(payload: bytes, final: bool) -> None:
+            nonlocal seq
+            view = memoryview(payload)
+            pieces = [
+                view[i : i + MAX_CHUNK_PAYLOAD] for i in range(0, len(view), MAX_CHUNK_PAYLOAD)
+            ]
+            pieces = pieces or [view]
+            frames = []
+            for i, piece in enumerate(pieces):
+                last = final and i == len(pieces) - 1
+                frames.append(encode_chunk(req_id, seq, bytes(piece), final=last))
+                seq += 1
+            await self._send_frames(frames)
+
+        async def recv_chunks() -> AsyncIterator[bytes]:
+            while True:
+                item = await req.chunks.get()
+                if item is _END:
+                    return
+                yield item
+
+        bridge = self.bridge
+        assert self.device is not None
+        ctx = OpContext(
+            request_id=req_id,
+            device_id=self.device.id,
+            workspace=bridge.workspace,
+            policy=bridge.policy,
+            snapshots=bridge.snapshots,
+            emit=emit,
+            send_chunk=send_chunk,
+            recv_chunks=recv_chunks,
+        )
+        outcome = "ok"
+        try:
+            result = await spec.handler(ctx, args)
+            reply: dict[str, Any] = {"id": req_id, "ok": True, "result": result}
+        except RpcError as exc:
+            outcome, reply = exc.code, _error(req_id, exc)
+        except asyncio.CancelledError:
+            outcome = ECANCELED
+            reply = _error(req_id, RpcError(ECANCELED, "cancelled"))
+        except OSError as exc:
+            code = _ERRNO_CODES.get(exc.errno or 0, EIO)
+            outcome = code
+            reply = _error(req_id, RpcError(code, exc.strerror or "host I/O error"))
+        except Exception:
+            log.exception("op %s failed", spec.name)
+            outcome = EIO
+            reply = _error(req_id, RpcError(EIO, "internal error in the bridge (see its log)"))
+        finally:
+            self._requests.pop(req_id, None)
+            self._decoder.forget(req_id)
+            bridge.audit_op(self, spec.name, req_id, ctx.audit, outcome, req.started)
+        if not self._closing:
+            with contextlib.suppress(ConnectionClosed):
+                await self.send_envelope(reply)
+
+    # -- output ----------------------------------------------------------------------------
+
+    async def send_envelope(self, obj: dict[str, Any]) -> None:
+        await self._send_frames(encode_envelope(obj))
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        assert self._transport is not None
+        async with self._send_lock:
+            for frame in frames:
+                await self.ws.send(await self._transport.encrypt(frame))
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def _who(self) -> str:
+        return f"device {self.device.id} ({self.peer})" if self.device else self.peer
+
+    async def close(self, code: int, reason: str) -> None:
+        self._closing = True
+        await self._abort_requests()
+        await self.ws.close(code, reason)
+
+    async def _abort_requests(self) -> None:
+        """Cancel every running request (commands get their process trees killed) and wait."""
+        self._closing = True
+        tasks = [r.task for r in self._requests.values() if r.task is not None]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _error(req_id: int | None, exc: RpcError) -> dict[str, Any]:
+    return {"id": req_id, "ok": False, "error": exc.to_wire()}

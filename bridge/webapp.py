@@ -1,0 +1,104 @@
+"""Plain HTTP on the bridge's port: the built web app when present, a status page otherwise.
+
+websockets answers these from `process_request`; each response closes its connection, which is
+fine for a loopback or LAN PWA whose assets the service worker caches after the first visit.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+from pathlib import Path
+
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+
+from agent_core import __version__
+
+MIME = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".json": "application/json",
+    ".webmanifest": "application/manifest+json",
+    ".wasm": "application/wasm",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".whl": "application/octet-stream",
+    ".zip": "application/zip",
+    ".txt": "text/plain; charset=utf-8",
+}
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+STATUS_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+def response(
+    status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
+) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    for k, v in SECURITY_HEADERS.items():
+        headers[k] = v
+    for k, v in (extra or {}).items():
+        headers[k] = v
+    reasons = {
+        200: "OK",
+        400: "Bad Request",
+        403: "Forbidden",
+        404: "Not Found",
+        429: "Too Many Requests",
+        503: "Service Unavailable",
+    }
+    return Response(status, reasons.get(status, "Error"), headers, body)
+
+
+def text_response(status: int, text: str) -> Response:
+    return response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def status_page(workspace_name: str) -> Response:
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>Kite bridge</title>
+<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem}}
+code{{background:#eee;padding:0 .3em}}</style></head><body>
+<h1>Kite bridge {html.escape(__version__)}</h1>
+<p>The bridge is running for workspace <code>{html.escape(workspace_name)}</code>.</p>
+<p>The web app is not built on this host. Build it with <code>python build.py</code>, or connect
+with <code>kite run</code> / <code>kite chat</code> from a terminal.</p>
+<p>Devices talk to this bridge only over the end-to-end encrypted endpoint
+<code>/kite/v1</code>, after pairing.</p></body></html>"""
+    return response(
+        200, body.encode(), "text/html; charset=utf-8", {"Content-Security-Policy": STATUS_CSP}
+    )
+
+
+def serve_static(web_dir: Path | None, path: str, workspace_name: str) -> Response:
+    """GET a file of the built web app; never anything outside `web_dir`."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if web_dir is None or not (web_dir / "index.html").is_file():
+        if path in ("/", "/index.html"):
+            return status_page(workspace_name)
+        return text_response(404, "not found\n")
+    rel = path.lstrip("/") or "index.html"
+    if "\\" in rel or "\0" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
+        return text_response(404, "not found\n")
+    root = web_dir.resolve()
+    target = (root / rel).resolve()
+    if root not in target.parents or not target.is_file():
+        return text_response(404, "not found\n")
+    ctype = (
+        MIME.get(target.suffix)
+        or mimetypes.guess_type(target.name)[0]
+        or "application/octet-stream"
+    )
+    return response(200, target.read_bytes(), ctype)
