@@ -1,0 +1,205 @@
+"""Shared test harness: a real bridge in a subprocess, the `kite` CLI, and an independent client.
+
+The independent client uses the `noiseprotocol` package and the `websockets` library only, and
+follows DESIGN.md's wire protocol; it shares no code with agent_core's channel or RPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from noise.connection import Keypair, NoiseConnection
+from websockets.sync.client import ClientConnection, connect
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kite(
+    *args: str, state_dir: Path, check: bool = True, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `kite` CLI in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--state-dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        cwd=REPO,
+    )
+
+
+class BridgeProcess:
+    """`kite serve --json --port 0` in a subprocess, on loopback."""
+
+    def __init__(self, workspace: Path, state_dir: Path, *extra: str) -> None:
+        self.workspace = workspace
+        self.state_dir = state_dir
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "serve",
+                "--json",
+                "--no-pair",
+                "--port",
+                "0",
+                "--workspace",
+                str(workspace),
+                "--state-dir",
+                str(state_dir),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"bridge did not start: {err}")
+        self.info = json.loads(line)
+        self.url: str = self.info["url"]
+        self.port = urlsplit(self.url).port
+        self.ws_url = f"ws://127.0.0.1:{self.port}/kite/v1"
+
+    def pair_url(self) -> str:
+        return json.loads(kite("pair", "--json", state_dir=self.state_dir).stdout)["url"]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream:
+                    stream.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def b64d(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def parse_pair_url(url: str) -> tuple[bytes, bytes]:
+    frag = parse_qs(urlsplit(url).fragment)
+    return b64d(frag["pair"][0]), b64d(frag["host"][0])
+
+
+@dataclass
+class Reply:
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    events: list[tuple[str, Any]]
+
+
+class IndependentClient:
+    """A Kite client from DESIGN.md alone: noiseprotocol for Noise, websockets for transport."""
+
+    def __init__(self, ws: ClientConnection, noise: NoiseConnection, server_info: dict[str, Any]):
+        self.ws = ws
+        self.noise = noise
+        self.server_info = server_info
+        self.next_id = 1
+
+    @staticmethod
+    def new_static_key() -> bytes:
+        return os.urandom(32)
+
+    @classmethod
+    def handshake(
+        cls,
+        ws_url: str,
+        *,
+        static_private: bytes,
+        host_key: bytes,
+        psk: bytes | None = None,
+        name: str = "test device",
+        origin: str | None = None,
+    ) -> IndependentClient:
+        pairing = psk is not None
+        name_ = b"Noise_XXpsk3_25519_AESGCM_SHA256" if pairing else b"Noise_XX_25519_AESGCM_SHA256"
+        noise = NoiseConnection.from_name(name_)
+        noise.set_as_initiator()
+        noise.set_prologue(b"kite.v1.pair" if pairing else b"kite.v1")
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, static_private)
+        if pairing:
+            noise.set_psks(psk=psk)
+        noise.start_handshake()
+        ws = connect(
+            ws_url,
+            subprotocols=["kite.v1.pair" if pairing else "kite.v1"],  # type: ignore[list-item]
+            origin=origin,  # type: ignore[arg-type]
+            max_size=None,
+            compression=None,
+        )
+        ws.send(bytes(noise.write_message(b"")))
+        msg2 = ws.recv(timeout=10)
+        assert isinstance(msg2, bytes)
+        server_payload = json.loads(bytes(noise.read_message(msg2)))
+        remote = noise.noise_protocol.handshake_state.rs.public_bytes
+        if remote != host_key:
+            ws.close()
+            raise PermissionError("host key mismatch")
+        ws.send(bytes(noise.write_message(json.dumps({"name": name}).encode())))
+        return cls(ws, noise, server_payload)
+
+    def send_plain(self, plaintext: bytes) -> None:
+        self.ws.send(self.noise.encrypt(plaintext))
+
+    def recv_plain(self, timeout: float = 10) -> bytes:
+        frame = self.ws.recv(timeout=timeout)
+        assert isinstance(frame, bytes)
+        return bytes(self.noise.decrypt(frame))
+
+    def request(self, op: str, args: dict[str, Any] | None = None, timeout: float = 30) -> Reply:
+        rid = self.next_id
+        self.next_id += 1
+        self.send_plain(json.dumps({"id": rid, "op": op, "args": args or {}}).encode())
+        events: list[tuple[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.recv_plain(max(0.1, deadline - time.monotonic())))
+            if msg.get("id") != rid:
+                continue
+            if "event" in msg:
+                events.append((msg["event"], msg.get("data")))
+                continue
+            if msg["ok"]:
+                return Reply(msg["result"], None, events)
+            return Reply(None, msg["error"], events)
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+def pair_independent(
+    bridge: BridgeProcess, name: str = "test device"
+) -> tuple[IndependentClient, bytes, bytes]:
+    """Pair a fresh key through `kite pair --json`; return the client, its key and the host key."""
+    secret, host_key = parse_pair_url(bridge.pair_url())
+    static = IndependentClient.new_static_key()
+    client = IndependentClient.handshake(
+        bridge.ws_url, static_private=static, host_key=host_key, psk=secret, name=name
+    )
+    return client, static, host_key
