@@ -1,4 +1,5 @@
-"""exec.run against real subprocesses: streaming, limits, environment, and process-tree cleanup.
+"""exec.run against real subprocesses and the real workspace jail: streaming, limits,
+environment, and process-tree cleanup.
 
 Liveness: a killed process counts as gone when `os.kill(pid, 0)` says so, or when it is a zombie.
 PID 1 in some containers (this one included) never reaps orphans; a zombie has exited all the
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +23,11 @@ import pytest
 
 from agent_core.rpc.errors import EACCES, EINVAL, ENOENT, ENOTDIR, RpcError
 from bridge import proctree
+from bridge.jail import Workspace
 from bridge.ops import exec as exec_ops
 from bridge.ops.base import REGISTRY, OpContext
 from bridge.ops.exec import exec_run, kill_all_running
 from bridge.policy import Policy
-
-
-class _Jail:
-    """Test stand-in for bridge.jail.Workspace.resolve_dir_path (strict realpath prefix)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root_real = os.path.realpath(root)
-
-    def resolve_dir_path(self, rel: str) -> str:
-        if rel.startswith("/"):
-            raise RpcError(EACCES, "absolute path")
-        p = os.path.realpath(os.path.join(self.root_real, rel))
-        if p != self.root_real and not p.startswith(self.root_real + os.sep):
-            raise RpcError(EACCES, "outside the workspace")
-        if not os.path.exists(p):
-            raise RpcError(ENOENT, "no such directory")
-        if not os.path.isdir(p):
-            raise RpcError(ENOTDIR, "not a directory")
-        return p
 
 
 class Recorder:
@@ -77,6 +60,16 @@ def fast_policy(**kw: Any) -> Policy:
     return Policy(**kw)
 
 
+_open_workspaces: list[Workspace] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_workspaces() -> Iterator[None]:
+    yield
+    while _open_workspaces:
+        _open_workspaces.pop().close()
+
+
 def make_ctx(root: Path, policy: Policy | None = None, rec: Recorder | None = None) -> OpContext:
     async def send_chunk(payload: bytes, final: bool) -> None:
         raise AssertionError("exec.run sends no chunks")
@@ -85,11 +78,14 @@ def make_ctx(root: Path, policy: Policy | None = None, rec: Recorder | None = No
         return
         yield b""
 
+    policy = policy or fast_policy()
+    workspace = Workspace(root, policy)
+    _open_workspaces.append(workspace)
     return OpContext(
         request_id=1,
         device_id="test",
-        workspace=_Jail(root),  # type: ignore[arg-type]
-        policy=policy or fast_policy(),
+        workspace=workspace,
+        policy=policy,
         snapshots=None,  # type: ignore[arg-type]
         emit=(rec or Recorder()).emit,
         send_chunk=send_chunk,
@@ -206,12 +202,21 @@ def test_cwd_inside_the_workspace(ws: Path) -> None:
 
 @pytest.mark.parametrize(
     ("cwd", "code"),
-    [("..", EACCES), ("sub/../..", EACCES), ("out", EACCES), ("/tmp", EACCES), ("nope", ENOENT)],
+    [
+        ("..", EACCES),
+        ("sub/../..", EACCES),
+        ("out", EACCES),
+        ("out/..", EACCES),
+        ("/tmp", EACCES),
+        ("nope", ENOENT),
+        ("file.txt", ENOTDIR),
+    ],
 )
 def test_cwd_escapes_are_refused(ws: Path, tmp_path: Path, cwd: str, code: str) -> None:
     (ws / "sub").mkdir()
     (tmp_path / "outside").mkdir()
     (ws / "out").symlink_to(tmp_path / "outside")
+    (ws / "file.txt").write_text("x")
     rec = Recorder()
     with pytest.raises(RpcError) as ei:
         run(make_ctx(ws, rec=rec), {"command": "touch pwned", "cwd": cwd})
