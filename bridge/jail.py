@@ -74,6 +74,13 @@ Access = Literal["read", "write"]
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = os.O_NOFOLLOW
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW | _CLOEXEC
+# The file status flags F_SETFL can change (all but O_NONBLOCK are kept as the caller passed them).
+_SETFL_MASK = (
+    os.O_APPEND
+    | getattr(os, "O_ASYNC", 0)
+    | getattr(os, "O_DIRECT", 0)
+    | getattr(os, "O_NOATIME", 0)
+)
 # errno values `open(..., O_NOFOLLOW)` gives for a symlink: Linux ELOOP, FreeBSD EMLINK, and
 # ENOTDIR when O_DIRECTORY is checked first.
 _SYMLINK_ERRNOS = frozenset({errno.ELOOP, errno.EMLINK, errno.ENOTDIR})
@@ -267,21 +274,24 @@ class Workspace:
         *,
         follow_final: bool,
         create_dirs: bool = False,
-    ) -> tuple[list[int], list[str], str | None, os.stat_result | None]:
+    ) -> tuple[list[int], list[str], str | None, os.stat_result | None, str | None]:
         """Resolve all but the final component; optionally follow a final symlink.
 
         Returns (fd stack, resolved parts of the parent, final name or None when the path names
-        the directory at the top of the stack itself, lstat of the final or None if missing).
+        the directory at the top of the stack itself, lstat of the final or None if missing,
+        the lexical form of the client path, which has been checked against the deny list).
         The caller owns the stack (stack[0] is the root fd and must not be closed) and must
         check the final component. With `create_dirs`, missing directories are created.
         """
         comps, lexical = self._split(path)
-        visited: list[str] = [lexical] if lexical else []
-        self._deny_check(visited, path)  # early, so a denied name's existence is not revealed
+        # Checked first, so that a denied name's existence is not revealed.
+        if lexical is not None and self.is_denied(lexical):
+            raise RpcError(EACCES, f"denied by host policy: {path}")
         stack = [self._root_fd]
         parts: list[str] = []
         pending = deque(comps)
         links = 0
+        creates = 0
         try:
             while pending:
                 name = pending.popleft()
@@ -302,10 +312,9 @@ class Workspace:
                         raise os_error(exc, path) from None
                     if follow_final and st is not None and stat.S_ISLNK(st.st_mode):
                         links += 1
-                        self._splice(stack, parts, pending, name, parent, links, path, visited)
+                        self._splice(stack, parts, pending, name, parent, links, path)
                         continue
-                    self._deny_check(visited, path)
-                    return stack, parts, name, st
+                    return stack, parts, name, st, lexical
                 try:
                     fd = os.open(name, DIR_FLAGS, dir_fd=parent)
                 except OSError as exc:
@@ -317,7 +326,7 @@ class Workspace:
                                 ENOTDIR, f"not a directory on the way to: {path}"
                             ) from None
                         links += 1
-                        self._splice(stack, parts, pending, name, parent, links, path, visited)
+                        self._splice(stack, parts, pending, name, parent, links, path)
                         continue
                     if exc.errno == errno.ENOENT and create_dirs:
                         rel = "/".join([*parts, name])
@@ -329,14 +338,16 @@ class Workspace:
                             pass
                         except OSError as exc2:
                             raise os_error(exc2, path) from None
+                        creates += 1  # bounds the retries if new directories keep vanishing
+                        if creates > MAX_PATH_CHARS:
+                            raise RpcError(EINVAL, f"path keeps changing: {path}") from None
                         pending.appendleft(name)  # open it (or follow what raced in) next round
                         continue
                     raise os_error(exc, path) from None
                 stack.append(fd)
                 parts.append(name)
             # The path ended in `..` or named the root: the target is the top of the stack.
-            self._deny_check(visited, path)
-            return stack, parts, None, None
+            return stack, parts, None, None, lexical
         except BaseException:
             for fd in stack[1:]:
                 os.close(fd)
@@ -351,12 +362,13 @@ class Workspace:
         parent: int,
         links: int,
         path: str,
-        visited: list[str],
     ) -> None:
-        """Replace a symlink component by its target's components."""
+        """Replace a symlink component by its target's components (the link's own location
+        must not be denied either: `a -> .env` is refused even when `.env` is a link onward)."""
         if links > MAX_SYMLINKS:
             raise RpcError(EINVAL, f"too many levels of symbolic links: {path}")
-        visited.append("/".join([*parts, name]))
+        if self.is_denied("/".join([*parts, name])):
+            raise RpcError(EACCES, f"denied by host policy: {path}")
         try:
             target = os.readlink(name, dir_fd=parent)
         except OSError as exc:
@@ -369,21 +381,19 @@ class Workspace:
             parts.clear()
         pending.extendleft(reversed(tparts))
 
-    def _deny_check(self, visited: list[str], path: str) -> None:
-        for rel in visited:
-            if self.is_denied(rel):
-                raise RpcError(EACCES, f"denied by host policy: {path}")
-
     def _release(self, stack: list[int], keep: int | None = None) -> None:
         for fd in stack[1:]:
             if fd != keep:
                 os.close(fd)
 
-    def _final_checks(self, rel: str, st: os.stat_result, path: str, access: Access) -> None:
-        if self.is_denied(rel, stat.S_ISDIR(st.st_mode)):
+    def _policy_checks(self, rel: str, is_dir: bool, path: str, access: Access) -> None:
+        if self.is_denied(rel, is_dir):
             raise RpcError(EACCES, f"denied by host policy: {path}")
         if access == "write" and self.is_protected(rel):
             raise RpcError(EACCES, f"the host policy file cannot be changed: {path}")
+
+    @staticmethod
+    def _type_checks(st: os.stat_result, path: str) -> None:
         mode = st.st_mode
         if stat.S_ISREG(mode):
             if st.st_nlink > 1:
@@ -402,7 +412,7 @@ class Workspace:
         if flags & (os.O_WRONLY | os.O_RDWR):
             access = "write"
         for _ in range(MAX_SYMLINKS + 1):
-            stack, parts, name, st = self._walk(path, follow_final=True)
+            stack, parts, name, st, lexical = self._walk(path, follow_final=True)
             try:
                 if name is None:
                     # The path named a directory already on the stack.
@@ -412,7 +422,10 @@ class Workspace:
                     rel = "/".join([*parts, name])
                     if st is None:
                         raise RpcError(ENOENT, f"no such file or directory: {path}")
-                    self._final_checks(rel, st, path, access)
+                    is_dir = stat.S_ISDIR(st.st_mode)
+                    if rel != lexical or is_dir or access == "write":  # else checked already
+                        self._policy_checks(rel, is_dir, path, access)
+                    self._type_checks(st, path)  # before open: some devices act on open
                     try:
                         fd = os.open(
                             name, flags | _NOFOLLOW | os.O_NONBLOCK | _CLOEXEC, dir_fd=stack[-1]
@@ -425,10 +438,11 @@ class Workspace:
                 self._release(stack)
             try:
                 fst = os.fstat(fd)
-                self._final_checks(rel, fst, path, access)
-                fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-                if fl & os.O_NONBLOCK:
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+                if st is None or stat.S_ISDIR(st.st_mode) != stat.S_ISDIR(fst.st_mode):
+                    self._policy_checks(rel, stat.S_ISDIR(fst.st_mode), path, access)
+                self._type_checks(fst, path)  # authoritative: what was actually opened
+                # Clear O_NONBLOCK (F_SETFL sets exactly these status flags from what we passed).
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags & _SETFL_MASK)
             except BaseException:
                 os.close(fd)
                 raise
@@ -459,7 +473,7 @@ class Workspace:
 
     def stat(self, path: str, *, follow: bool = True) -> tuple[os.stat_result, str]:
         """lstat/stat a path without opening it (any file type); returns (stat, resolved rel)."""
-        stack, parts, name, st = self._walk(path, follow_final=follow)
+        stack, parts, name, st, _lexical = self._walk(path, follow_final=follow)
         try:
             if name is None:
                 st = os.stat(stack[-1])
@@ -484,10 +498,12 @@ class Workspace:
         missing. Denied and protected paths are refused here (EACCES); so is the root itself.
         """
         _comps, lexical = self._split(path)
-        if lexical is not None and self.is_protected(lexical):
+        if lexical is None:
+            raise RpcError(EACCES, "the workspace root itself cannot be changed")
+        if self.is_protected(lexical):
             raise RpcError(EACCES, f"the host policy file cannot be changed: {path}")
         for _ in range(MAX_SYMLINKS + 1):
-            stack, parts, name, _st = self._walk(
+            stack, parts, name, _st, _lex = self._walk(
                 path, follow_final=follow_final, create_dirs=create_parents
             )
             if name is None:
@@ -502,7 +518,7 @@ class Workspace:
             self._release(stack, keep=top)
             owned = top != self._root_fd
             try:
-                if self.is_denied(rel) or self.is_denied(rel, True):
+                if self.is_denied(rel, True):  # either kind: the final may not exist yet
                     raise RpcError(EACCES, f"denied by host policy: {path}")
                 if self.is_protected(rel):
                     raise RpcError(EACCES, f"the host policy file cannot be changed: {path}")

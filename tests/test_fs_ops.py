@@ -916,3 +916,40 @@ def test_mkdir_through_links(trap: Harness) -> None:
     assert not (trap.tmp / "outside" / "newdir").exists()
     assert trap.call("fs.mkdir", {"path": "in_rel/newdir"}) == {"created": True}
     assert (trap.root / "a" / "b" / "newdir").is_dir()
+
+
+def test_write_cancelled_mid_stream_leaves_nothing(h: Harness) -> None:
+    (h.root / "f").write_bytes(b"old")
+
+    async def main() -> None:
+        started = asyncio.Event()
+        ctx = h.ctx()
+
+        async def slow_chunks() -> AsyncIterator[bytes]:
+            yield b"partial data"
+            started.set()
+            await asyncio.Event().wait()  # the client never sends the final chunk
+            yield b""  # pragma: no cover
+
+        ctx.recv_chunks = slow_chunks
+        task = asyncio.create_task(REGISTRY["fs.write"].handler(ctx, {"path": "f", "binary": True}))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert (h.root / "f").read_bytes() == b"old"
+    assert no_temp_files(h.root)
+    assert h.snaps.history() == []
+
+
+def test_root_and_dotdot_targets_have_no_side_effects(h: Harness) -> None:
+    for op, args in [
+        ("fs.mkdir", {"path": "x/.."}),
+        ("fs.write", {"path": "y/..", "content": "z"}),
+        ("fs.delete", {"path": "w/..", "recursive": True}),
+        ("fs.move", {"from": "a", "to": "v/.."}),
+    ]:
+        assert h.error(op, args).code in (EACCES, ENOENT), op
+    assert list(h.root.iterdir()) == []

@@ -469,3 +469,14 @@ def test_property_never_outside(prop_jail, path: str, flags: int) -> None:
         finally:
             p.close()
     assert open_fds() == fds
+
+
+def test_create_parents_deep(tmp_path: Path) -> None:
+    root = tmp_path / "ws"
+    root.mkdir()
+    ws = Workspace(root)
+    deep = "/".join(f"d{i}" for i in range(60)) + "/f.txt"
+    with ws.parent(deep, create_parents=True) as p:
+        assert p.rel == deep
+    assert (root / deep).parent.is_dir()
+    ws.close()
