@@ -24,8 +24,9 @@ SUBPROTOCOL_PAIR = "kite.v1.pair"
 PROLOGUE = {SUBPROTOCOL_CONNECT: b"kite.v1", SUBPROTOCOL_PAIR: b"kite.v1.pair"}
 PATTERN = {SUBPROTOCOL_CONNECT: "XX", SUBPROTOCOL_PAIR: "XXpsk3"}
 MAX_PAYLOAD_JSON = 8192
-# Noise message sizes for XX with empty/JSON payloads: message 1 is exactly the ephemeral key.
-MSG1_SIZE = 32
+# Message 1 is the ephemeral key and an empty payload; with a PSK the payload is encrypted
+# (psk modifier: `e` also mixes the key), adding a 16-byte tag.
+MSG1_SIZE = {SUBPROTOCOL_CONNECT: 32, SUBPROTOCOL_PAIR: 48}
 
 
 class HandshakeRefused(NoiseError):
@@ -131,7 +132,7 @@ class ServerHandshake:
         )
 
     async def respond(self, message1: bytes) -> bytes:
-        if len(message1) != MSG1_SIZE:
+        if len(message1) != MSG1_SIZE[self.mode]:
             raise HandshakeRefused("message 1 must carry only the ephemeral key")
         await self._hs.read_message(message1)
         return await self._hs.write_message(_payload({"server": self.info}))
