@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from agent_core.rpc.errors import EINVAL, RpcError
 
 if TYPE_CHECKING:
-    from bridge.audit import AuditLog
     from bridge.jail import Workspace
     from bridge.policy import Policy
     from bridge.snapshots import SnapshotStore
@@ -72,7 +71,9 @@ def op(name: str, *, mutates: bool = False, streams: bool = False) -> Callable[[
 _MISSING: Any = object()
 
 
-def arg_str(args: dict[str, Any], key: str, default: Any = _MISSING, *, allow_empty: bool = False) -> str:
+def arg_str(
+    args: dict[str, Any], key: str, default: Any = _MISSING, *, allow_empty: bool = False
+) -> str:
     v = args.get(key, default)
     if v is _MISSING:
         raise RpcError(EINVAL, f"missing argument '{key}'")
