@@ -1,0 +1,1 @@
+"""Model providers: one internal message/tool model, adapters per wire protocol."""
