@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import errno
+import importlib
 import io
 import json
 import logging
@@ -31,6 +32,10 @@ examples:
 Each command takes --state-dir (default: $KITE_STATE_DIR, else the user data dir), which holds
 the host key, the device registry and the audit log. See docs/security.md for the threat model.
 """
+
+
+# Modules that add subcommands (each has `register(subparsers, common_parent_parser)`).
+EXTENSIONS = ("bridge.cli_agent", "bridge.cli_plugin")
 
 
 class CliError(Exception):
@@ -355,6 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("id", help="device id, or a unique prefix of it")
     dr.add_argument("--json", action="store_true")
     devices.set_defaults(func=cmd_devices)
+
+    # Feature modules add their own subcommands: `register(sub, common)`.
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub, common)
     return parser
 
 
@@ -368,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, StateDirError) as exc:
+    except (CliError, StateDirError) as exc:  # extensions raise CliError too
         print(f"kite: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
