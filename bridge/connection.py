@@ -192,9 +192,24 @@ class Connection:
         req = self._requests.get(chunk.id)
         if req is None:
             return  # the request finished or was cancelled; late chunks are dropped
-        await req.chunks.put(chunk.payload)
-        if chunk.final:
-            await req.chunks.put(_END)
+        for item in (chunk.payload, _END) if chunk.final else (chunk.payload,):
+            if not await self._offer(req, item):
+                return
+
+    @staticmethod
+    async def _offer(req: _Request, item: Any) -> bool:
+        """Queue a chunk for its handler; wait while the queue is full (flow control), but stop
+        waiting if the handler finishes without reading (else the connection would stall)."""
+        if not req.chunks.full():
+            req.chunks.put_nowait(item)
+            return True
+        assert req.task is not None
+        put = asyncio.ensure_future(req.chunks.put(item))
+        await asyncio.wait({put, req.task}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            return False
+        return True
 
     async def _on_envelope(self, env: dict[str, Any]) -> None:
         req_id = env.get("id")
@@ -230,6 +245,7 @@ class Connection:
         assert spec is not None
         req = _Request(op)
         self._requests[req_id] = req
+        self._decoder.activate(req_id)
         req.task = asyncio.get_running_loop().create_task(self._run(req_id, req, spec, args))
 
     async def _cancel(self, req_id: int, args: dict[str, Any]) -> None:
@@ -299,7 +315,7 @@ class Connection:
             reply = _error(req_id, RpcError(EIO, "internal error in the bridge (see its log)"))
         finally:
             self._requests.pop(req_id, None)
-            self._decoder.forget(req_id)
+            self._decoder.retire(req_id)
             bridge.audit_op(self, spec.name, req_id, ctx.audit, outcome, req.started)
         if not self._closing:
             with contextlib.suppress(ConnectionClosed):

@@ -419,3 +419,18 @@ def test_missing_workspace_is_a_clear_error(tmp_path: Path) -> None:
         "serve", "--workspace", str(tmp_path / "nope"), state_dir=tmp_path / "s", check=False
     )
     assert res.returncode == 1 and "does not exist" in res.stderr
+
+
+def test_unread_chunks_do_not_stall_the_connection(bridge: BridgeProcess) -> None:
+    """A client streaming chunks at an op that never reads them still gets served."""
+    from agent_core.rpc.frames import encode_chunk
+
+    client, _, _ = pair_independent(bridge)
+    client.send_plain(
+        json.dumps({"id": 1, "op": "exec.run", "args": {"argv": ["sleep", "0.5"]}}).encode()
+    )
+    for seq in range(200):  # far more than the per-request queue holds
+        client.send_plain(encode_chunk(1, seq, b"x" * 1000, final=False))
+    client.next_id = 2
+    reply = client.request("sys.ping", timeout=15)
+    assert reply.result and reply.result["pong"] is True

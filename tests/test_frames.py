@@ -129,3 +129,14 @@ def test_mutated_envelopes_never_crash(env: dict, pos: int, byte: int) -> None:
     except ValueError:
         return
     assert out is None or isinstance(out, (dict, Chunk))
+
+
+def test_retired_request_drops_late_chunks_until_reused() -> None:
+    dec = FrameDecoder()
+    dec.feed(encode_chunk(9, 0, b"a", final=False))
+    dec.retire(9)
+    assert dec.feed(encode_chunk(9, 5, b"late", final=False)) is None
+    dec.activate(9)
+    with pytest.raises(FrameError):  # a reused id starts its stream at 0 again
+        dec.feed(encode_chunk(9, 6, b"x", final=True))
+    assert isinstance(dec.feed(encode_chunk(9, 0, b"x", final=True)), Chunk)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ _KNOWN_FLAGS = FLAG_FINAL | FLAG_ENVELOPE
 MAX_ID = 2**32 - 1
 # Largest envelope accepted after reassembly (a 16 MiB text file, JSON-escaped, fits).
 DEFAULT_MAX_ENVELOPE = 48 * 1024 * 1024
+# Finished request ids remembered so their late chunks can be dropped instead of refused.
+MAX_RETIRED = 4096
 
 
 class FrameError(ValueError):
@@ -109,9 +112,11 @@ class FrameDecoder:
         self._fragments: dict[int, list[bytes]] = {}
         self._fragment_sizes: dict[int, int] = {}
         self._next_seq: dict[int, int] = {}
+        self._retired: OrderedDict[int, None] = OrderedDict()
 
     def feed(self, frame: bytes) -> dict[str, Any] | Chunk | None:
-        """Return a whole envelope, a data chunk, or None (an envelope fragment was buffered).
+        """Return a whole envelope, a data chunk, or None (a fragment was buffered, or a late
+        chunk of a retired request was dropped).
 
         Raises FrameError for framing violations and ValueError (JSONDecodeError) for bad JSON;
         the caller decides which is fatal.
@@ -124,6 +129,8 @@ class FrameDecoder:
         if first != 0:
             raise FrameError(f"frame starts with 0x{first:02x}: neither '{{' nor 0x00")
         chunk, is_envelope = decode_chunk(frame)
+        if not is_envelope and chunk.id in self._retired:
+            return None
         key = chunk.id if not is_envelope else -1 - chunk.id
         expected = self._next_seq.get(key, 0)
         if chunk.seq != expected:
@@ -153,12 +160,20 @@ class FrameDecoder:
             raise FrameError("reassembled envelope is not a JSON object")
         return parse_envelope(data)
 
-    def forget(self, req_id: int) -> None:
-        """Drop partial state for a finished or cancelled request."""
+    def retire(self, req_id: int) -> None:
+        """The request is over: drop its partial state, and drop its late data chunks quietly
+        (a client may still be streaming an upload the bridge already refused)."""
         self._next_seq.pop(req_id, None)
+        self._next_seq.pop(-1 - req_id, None)
         self._fragments.pop(req_id, None)
         self._fragment_sizes.pop(req_id, None)
-        self._next_seq.pop(-1 - req_id, None)
+        self._retired[req_id] = None
+        if len(self._retired) > MAX_RETIRED:
+            self._retired.popitem(last=False)
+
+    def activate(self, req_id: int) -> None:
+        """A new request reuses this id: its chunks count again."""
+        self._retired.pop(req_id, None)
 
 
 def parse_envelope(data: bytes) -> dict[str, Any]:
