@@ -124,9 +124,13 @@ class KiteClient:
             await self._send_plain(encode_envelope({"id": req_id, "op": op, "args": args or {}}))
             if upload is not None:
                 await self._upload(req_id, upload)
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+            if timeout is None:
+                return await fut
+            async with asyncio.timeout(timeout):
+                return await fut
         except (asyncio.CancelledError, TimeoutError):
-            if not fut.done() and self._closed is None:
+            answered = fut.done() and not fut.cancelled()
+            if not answered and self._closed is None:
                 with contextlib.suppress(ChannelClosed):
                     await self._send_plain(
                         encode_envelope(

@@ -120,9 +120,10 @@ def ws(tmp_path: Path) -> Path:
     return root
 
 
-def test_registered_as_mutating_streaming_op() -> None:
+def test_registered_as_mutating_task_op() -> None:
     spec = REGISTRY["exec.run"]
-    assert spec.handler is exec_run and spec.mutates and spec.streams
+    # Mutating (refused read-only) and never inline: it runs long and streams.
+    assert spec.handler is exec_run and spec.mutates and not spec.inline
 
 
 def test_stdout_streams_before_the_command_ends(ws: Path) -> None:

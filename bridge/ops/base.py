@@ -50,19 +50,22 @@ class OpSpec:
     name: str
     handler: Handler
     mutates: bool  # refused in read-only mode
-    streams: bool  # emits events / chunks; not subject to the short-op fast path
+    # Short and bounded: run in the connection's read loop, not a task of its own (saves a task
+    # switch per request). Never for ops that may run long, wait on the client, or move bulk
+    # data (`"binary": true` requests always get a task).
+    inline: bool
 
 
 REGISTRY: dict[str, OpSpec] = {}
 
 
-def op(name: str, *, mutates: bool = False, streams: bool = False) -> Callable[[Handler], Handler]:
+def op(name: str, *, mutates: bool = False, inline: bool = False) -> Callable[[Handler], Handler]:
     """Register a handler under an op name."""
 
     def deco(fn: Handler) -> Handler:
         if name in REGISTRY:
             raise RuntimeError(f"op {name} registered twice")
-        REGISTRY[name] = OpSpec(name, fn, mutates, streams)
+        REGISTRY[name] = OpSpec(name, fn, mutates, inline)
         return fn
 
     return deco

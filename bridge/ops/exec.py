@@ -343,7 +343,7 @@ def _spawn_error(exc: OSError, argv: list[str], cwd: str) -> RpcError:
 # -- the op -----------------------------------------------------------------------------------
 
 
-@op("exec.run", mutates=True, streams=True)
+@op("exec.run", mutates=True)
 async def exec_run(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     """Run one command; see the module docstring for the contract."""
     policy = ctx.policy

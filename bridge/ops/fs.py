@@ -101,7 +101,7 @@ async def run_blocking(
         raise
 
 
-def _fs_op(name: str, *, mutates: bool = False) -> Callable[[Any], Any]:
+def _fs_op(name: str, *, mutates: bool = False, inline: bool = False) -> Callable[[Any], Any]:
     """Register a handler; map any stray OSError to an RpcError naming the workspace path."""
 
     def deco(fn: Any) -> Any:
@@ -114,7 +114,7 @@ def _fs_op(name: str, *, mutates: bool = False) -> Callable[[Any], Any]:
             except OSError as exc:
                 raise os_error(exc, str(ctx.audit.get("path", ""))) from None
 
-        op(name, mutates=mutates)(wrapper)
+        op(name, mutates=mutates, inline=inline)(wrapper)
         return wrapper
 
     return deco
@@ -318,7 +318,7 @@ def _read_text(
     return slicer.result()
 
 
-@_fs_op("fs.read")
+@_fs_op("fs.read", inline=True)
 async def fs_read(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     path = arg_str(args, "path")
     ctx.audit["path"] = path
@@ -491,7 +491,7 @@ def _write_and_sync(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-@_fs_op("fs.write", mutates=True)
+@_fs_op("fs.write", mutates=True, inline=True)
 async def fs_write(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     path = arg_str(args, "path")
     ctx.audit["path"] = path
@@ -600,7 +600,7 @@ def _list_dir(ws: Workspace, fd: int, rel: str, show_all: bool) -> list[dict[str
     return out
 
 
-@_fs_op("fs.list")
+@_fs_op("fs.list", inline=True)
 async def fs_list(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     path = arg_str(args, "path", ".")
     ctx.audit["path"] = path
@@ -617,7 +617,7 @@ async def fs_list(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"entries": entries[:limit], "truncated": len(entries) > limit}
 
 
-@_fs_op("fs.stat")
+@_fs_op("fs.stat", inline=True)
 async def fs_stat(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     path = arg_str(args, "path")
     ctx.audit["path"] = path
@@ -1243,7 +1243,7 @@ def _move_sync(ctx: OpContext, src: Parent, dst: Parent, overwrite: bool) -> dic
     return {"moved": True, "from": src.rel, "to": dst.rel, "overwritten": dst_st is not None}
 
 
-@_fs_op("fs.move", mutates=True)
+@_fs_op("fs.move", mutates=True, inline=True)
 async def fs_move(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     src_path = arg_str(args, "from")
     dst_path = arg_str(args, "to")
@@ -1276,7 +1276,7 @@ def _exists(p: Parent) -> bool:
 # -- fs.mkdir ----------------------------------------------------------------------------------
 
 
-@_fs_op("fs.mkdir", mutates=True)
+@_fs_op("fs.mkdir", mutates=True, inline=True)
 async def fs_mkdir(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     path = arg_str(args, "path")
     ctx.audit["path"] = path

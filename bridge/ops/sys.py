@@ -9,12 +9,12 @@ from agent_core import __version__
 from bridge.ops.base import REGISTRY, OpContext, op
 
 
-@op("sys.ping")
+@op("sys.ping", inline=True)
 async def ping(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     return {"pong": True, "time": time.time(), "device": ctx.device_id}
 
 
-@op("sys.info")
+@op("sys.info", inline=True)
 async def info(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     p = ctx.policy
     return {
