@@ -7,6 +7,7 @@ Everything here is plain data, JSON-serialisable via `to_json`/`from_json` (sess
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -26,6 +27,28 @@ class ToolCallPart:
     name: str
     arguments: dict[str, Any]  # parsed JSON object; adapters handle the string form
     type: Literal["tool_call"] = "tool_call"
+    # Set only when the model's argument string was not a JSON object (truncated, invalid JSON,
+    # an array...): the string exactly as streamed, and `arguments` is then {}. The loop must not
+    # run the tool; it answers with ToolResultPart(call_id, self.argument_error(), is_error=True)
+    # so the model sees its mistake and can call again. Adapters replay such a call with `{}`.
+    raw_arguments: str | None = None
+
+    def argument_error(self) -> str | None:
+        """A message for the model when `raw_arguments` is set (None when the call is valid)."""
+        if self.raw_arguments is None:
+            return None
+        raw = self.raw_arguments
+        try:
+            json.loads(raw)
+            why = "they are not a JSON object"
+        except ValueError as exc:
+            why = f"they are not valid JSON ({exc})"
+        shown = raw if len(raw) <= 2000 else raw[:2000] + f"... [{len(raw) - 2000} more chars]"
+        return (
+            f"Error: the arguments of this call to '{self.name}' could not be used: {why}. "
+            f"The tool was not run. Arguments received: {shown}\n"
+            "Call the tool again with a single valid JSON object as its arguments."
+        )
 
 
 @dataclass
@@ -72,6 +95,9 @@ class ToolSpec:
 
 @dataclass
 class Usage:
+    # input_tokens counts prompt tokens NOT read from or written to the cache (Anthropic's
+    # meaning; the OpenAI adapter subtracts cached tokens), so the whole prompt is
+    # input_tokens + cache_read_tokens + cache_write_tokens.
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -128,11 +154,15 @@ class ProviderError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after_s: float | None = None,
+        partial: Message | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        # What the turn had streamed before it failed (text and complete tool calls), when
+        # anything had: the caller has shown it, so a retry must replace it, not append to it.
+        self.partial = partial
 
 
 class Provider(Protocol):
