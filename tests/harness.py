@@ -136,6 +136,7 @@ class IndependentClient:
         psk: bytes | None = None,
         name: str = "test device",
         origin: str | None = None,
+        **connect_kwargs: Any,
     ) -> IndependentClient:
         pairing = psk is not None
         name_ = b"Noise_XXpsk3_25519_AESGCM_SHA256" if pairing else b"Noise_XX_25519_AESGCM_SHA256"
@@ -152,6 +153,7 @@ class IndependentClient:
             origin=origin,  # type: ignore[arg-type]
             max_size=None,
             compression=None,
+            **connect_kwargs,
         )
         ws.send(bytes(noise.write_message(b"")))
         msg2 = ws.recv(timeout=10)
