@@ -1,0 +1,590 @@
+"""The agent loop: a sans-I/O state machine (`AgentLoop`) and a thin async driver (`Agent`).
+
+`AgentLoop` is fed what happened (a user message, model stream events, tool results, an abort)
+and says what to do next (`next_action()`: call the model, run a wave of tool calls, or done).
+It owns the conversation rules: tool calls are scheduled in waves (independent calls in
+parallel), each call's arguments are checked against its schema, outputs are truncated for the
+model with the full text kept, a call repeated three times in a row needs the user's approval
+(doom-loop guard), the step budget ends the run, and an abort leaves a valid conversation (every
+tool call answered). It does no I/O, so it runs the same under Pyodide and in tests.
+
+`Agent` drives it with a `Provider`, a `Bridge` and the UI's callbacks. It uses only asyncio
+primitives that Pyodide's event loop has (tasks, gather, sleep, cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from agent_core.agent.events import (
+    AgentEvent,
+    AssistantDelta,
+    AssistantMessage,
+    Finished,
+    FinishReason,
+    Retrying,
+    StepFinished,
+    StepStarted,
+    ToolCallProgress,
+    ToolFinished,
+    ToolStarted,
+)
+from agent_core.agent.permissions import PermissionGate, Refusal
+from agent_core.agent.session import Session
+from agent_core.agent.tools import ToolRegistry, ToolResult, default_registry, execute
+from agent_core.agent.tools.base import (
+    Bridge,
+    QuestionsFn,
+    Tool,
+    ToolContext,
+    ToolError,
+    maybe_await,
+)
+from agent_core.agent.truncate import truncate
+from agent_core.llm.types import (
+    Message,
+    ModelRequest,
+    Provider,
+    ProviderError,
+    StreamEvent,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    ToolCallPart,
+    ToolResultPart,
+    TurnEnd,
+)
+
+SYSTEM_PROMPT = """\
+You are Kite, a coding agent. You work in the user's workspace on their machine through tools \
+that run there: read, list, glob and grep to look, edit, write and apply_patch to change files \
+(every change is shown to the user as a diff), bash to run commands (tests, builds, git).
+
+- Paths are relative to the workspace root, '/'-separated. Never use absolute paths.
+- Look before you change: read a file before editing it, and keep edits small and exact.
+- Prefer edit for changes to existing files; write for new files or complete rewrites.
+- Run independent read-only calls in the same step; they run in parallel.
+- After changing code, run the relevant tests or checks with bash when possible.
+- If a tool call is refused or denied, do not repeat it: adapt, or explain what is needed.
+- Plan multi-step work with todowrite. Ask the user with question only when the choice is theirs.
+- Be concise. When done, say what you changed and how you verified it."""
+
+LAST_STEP_NOTE = (
+    "\n\nThis is the last step allowed for this task: tools are no longer available. Reply with "
+    "text only: what was done, what remains, and how to continue."
+)
+
+
+@dataclass
+class LoopConfig:
+    model: str = ""
+    system: str = SYSTEM_PROMPT
+    max_steps: int = 50
+    max_tokens: int = 4096
+    temperature: float | None = None
+    doom_loop_threshold: int = 3
+    stop_on_reject: bool = True  # a plain "reject" ends the run; reject + message continues
+    retries: int = 3  # retryable provider errors, before any output of the turn
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallModel:
+    request: ModelRequest
+    step: int
+
+
+@dataclass(frozen=True)
+class PlannedCall:
+    call: ToolCallPart
+    arguments: dict[str, Any]  # validated, aliases resolved
+    repeat: bool = False  # the doom-loop guard wants the user's approval first
+
+
+@dataclass(frozen=True)
+class RunTools:
+    calls: list[PlannedCall]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Results of the last `RunTools` (or the model turn) are still outstanding."""
+
+
+@dataclass(frozen=True)
+class Done:
+    reason: FinishReason
+    text: str
+    error: str | None = None
+
+
+Action = CallModel | RunTools | Wait | Done
+Phase = Literal["idle", "model", "tools", "done"]
+
+
+def _signature(call: ToolCallPart) -> str:
+    return call.name + "\x00" + json.dumps(call.arguments, sort_keys=True, default=str)
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a == "." or b == "." or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+class AgentLoop:
+    """One run of the agent over a session: fed events, returns actions. No I/O."""
+
+    def __init__(
+        self, session: Session, registry: ToolRegistry, config: LoopConfig | None = None
+    ) -> None:
+        self.session = session
+        self.registry = registry
+        self.config = config or LoopConfig()
+        self.phase: Phase = "idle"
+        self.step = 0
+        self.done: Done | None = None
+        self._events: list[AgentEvent] = []
+        self._partial: list[str] = []
+        self._turn_ended = False
+        self._calls: list[ToolCallPart] = []
+        self._results: dict[str, ToolResultPart] = {}
+        self._waves: list[list[PlannedCall]] = []
+        self._inflight: set[str] = set()
+        self._history: list[str] = []
+        self._stop_after_wave = False
+        self._last_text = ""
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def submit(self, message: str | Message) -> None:
+        """A user message starts the run."""
+        if self.phase not in ("idle", "done"):
+            raise RuntimeError(f"cannot submit while {self.phase}")
+        msg = message if isinstance(message, Message) else Message("user", [TextPart(message)])
+        self.session.messages.append(msg)
+        if not self.session.title:
+            self.session.title = msg.text().strip().split("\n")[0][:80]
+        self.step = 0
+        self.done = None
+        self._history = []
+        self._last_text = ""
+        self._start_model_turn()
+
+    def feed(self, event: StreamEvent) -> None:
+        """A model stream event of the current turn."""
+        if self.phase != "model" or self._turn_ended:
+            raise RuntimeError("no model turn is running")
+        if isinstance(event, TextDelta):
+            self._partial.append(event.text)
+            self._events.append(AssistantDelta(event.text))
+        elif isinstance(event, ToolCallDelta):
+            self._events.append(ToolCallProgress(event.index, event.name, event.arguments_fragment))
+        elif isinstance(event, TurnEnd):
+            self._turn_ended = True
+            self._end_model_turn(event)
+
+    def fail(self, error: str) -> None:
+        """The provider failed for good (after retries): end the run with the error."""
+        if self.phase == "model" and not self._turn_ended:
+            if self._partial:
+                self.session.messages.append(
+                    Message("assistant", [TextPart("".join(self._partial))])
+                )
+            self._finish("error", error=error)
+        elif self.phase != "done":
+            self._finish("error", error=error)
+
+    def restart_turn(self) -> None:
+        """Forget a failed turn's partial output before a retry."""
+        self._partial = []
+
+    def tool_result(self, call_id: str, result: ToolResult) -> None:
+        if call_id not in self._inflight:
+            raise RuntimeError(f"no running tool call {call_id!r}")
+        self._inflight.discard(call_id)
+        self._record(call_id, result)
+        rejected = result.status == "rejected" and not result.metadata.get("feedback")
+        if rejected and self.config.stop_on_reject:
+            self._stop_after_wave = True
+
+    def abort(self) -> None:
+        """Stop now. Calls without a result get one saying so; partial text is kept."""
+        if self.phase == "model" and not self._turn_ended:
+            if self._partial:
+                self.session.messages.append(
+                    Message("assistant", [TextPart("".join(self._partial))])
+                )
+            self._finish("aborted")
+        elif self.phase == "tools":
+            for call in self._calls:
+                if call.id not in self._results:
+                    self._record(call.id, ToolResult("aborted by the user", status="aborted"))
+            self._inflight.clear()
+            self._waves = []
+            self._close_tools_step()
+            self._finish("aborted")
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def events(self) -> list[AgentEvent]:
+        """Events since the last call, in order (drain them after every input)."""
+        out, self._events = self._events, []
+        return out
+
+    def next_action(self) -> Action:
+        if self.phase == "done" and self.done is not None:
+            return self.done
+        if self.phase == "model":
+            return Wait() if self._turn_ended else CallModel(self._request(), self.step)
+        if self.phase == "tools":
+            if self._inflight:
+                return Wait()
+            if self._waves and not self._stop_after_wave:
+                wave = self._waves.pop(0)
+                for pc in wave:
+                    self._inflight.add(pc.call.id)
+                    self._events.append(ToolStarted(pc.call, pc.arguments))
+                return RunTools(wave)
+            for pcs in self._waves:  # the run stops: the rest are answered without running
+                for pc in pcs:
+                    self._record(
+                        pc.call.id,
+                        ToolResult("not run: the user rejected an earlier call", status="skipped"),
+                    )
+            self._waves = []
+            self._close_tools_step()
+            if self._stop_after_wave:
+                self._finish("rejected")
+            elif self.step >= self.config.max_steps:
+                self._finish("max_steps")
+            else:
+                self._start_model_turn()
+            return self.next_action()
+        raise RuntimeError("nothing to do: submit a message first")
+
+    # -- internals ------------------------------------------------------------------------
+
+    @property
+    def turn_ended(self) -> bool:
+        return self._turn_ended
+
+    @property
+    def last_step(self) -> bool:
+        return self.step >= self.config.max_steps
+
+    def _request(self) -> ModelRequest:
+        system = self.config.system + (LAST_STEP_NOTE if self.last_step else "")
+        return ModelRequest(
+            model=self.config.model,
+            system=system,
+            messages=list(self.session.messages),
+            tools=[] if self.last_step else self.registry.specs(),
+            max_tokens=self.config.max_tokens,
+            temperature=self.config.temperature,
+        )
+
+    def _start_model_turn(self) -> None:
+        self.phase = "model"
+        self.step += 1
+        self._partial = []
+        self._turn_ended = False
+        self._events.append(StepStarted(self.step))
+
+    def _end_model_turn(self, end: TurnEnd) -> None:
+        msg = end.message
+        if msg.role != "assistant":
+            msg = Message("assistant", list(msg.parts))
+        self.session.messages.append(msg)
+        self.session.add_usage(end.usage)
+        self._events.append(AssistantMessage(msg, end.stop_reason, end.usage))
+        if msg.text().strip():
+            self._last_text = msg.text()
+        calls = msg.tool_calls()
+        if calls:
+            self._plan(calls)
+            return
+        self._events.append(StepFinished(self.step))
+        if end.stop_reason == "error":
+            self._finish("error", error="the model ended its turn with an error")
+        elif end.stop_reason == "max_tokens":
+            self._finish("max_tokens")
+        else:
+            self._finish("end_turn")
+
+    def _plan(self, calls: list[ToolCallPart]) -> None:
+        """Validate calls and group them into waves of independent calls, in order."""
+        self.phase = "tools"
+        self._calls = calls
+        self._results = {}
+        self._waves = []
+        self._stop_after_wave = False
+        wave: list[tuple[PlannedCall, str, list[str]]] = []
+        threshold = self.config.doom_loop_threshold
+        for call in calls:
+            if self.last_step:
+                self._record(
+                    call.id, ToolResult("not run: the step limit is reached", status="skipped")
+                )
+                continue
+            args, error = self.registry.prepare(call.name, call.arguments)
+            if error:
+                self._record(call.id, ToolResult(error, title=call.name, status="error"))
+                continue
+            sig = _signature(call)
+            recent = self._history[-(threshold - 1) :] if threshold > 1 else []
+            repeat = (
+                threshold > 0 and len(recent) == threshold - 1 and all(s == sig for s in recent)
+            )
+            self._history.append(sig)
+            tool = self.registry.get(call.name)
+            assert tool is not None
+            paths = self.registry.paths(call.name, args)
+            pc = PlannedCall(call, args, repeat)
+            if wave and self._conflicts(tool.kind, paths, wave):
+                self._waves.append([p for p, _, _ in wave])
+                wave = []
+            wave.append((pc, tool.kind, paths))
+        if wave:
+            self._waves.append([p for p, _, _ in wave])
+
+    @staticmethod
+    def _conflicts(
+        kind: str, paths: list[str], wave: list[tuple[PlannedCall, str, list[str]]]
+    ) -> bool:
+        if kind == "exclusive":
+            return True
+        for _, other_kind, other_paths in wave:
+            if other_kind == "exclusive":
+                return True
+            if kind == "read" and other_kind == "read":
+                continue
+            if any(_overlaps(a, b) for a in paths for b in other_paths):
+                return True
+        return False
+
+    def _record(self, call_id: str, result: ToolResult) -> None:
+        call = next(c for c in self._calls if c.id == call_id)
+        keep = "both" if call.name == "bash" else "head"
+        cut = truncate(result.output, keep=keep)
+        content = cut.text
+        if cut.truncated:
+            self.session.keep_output(call_id, result.output)
+            content += (
+                f"\n\n(Output truncated: {cut.total_lines} lines, {cut.total_bytes} bytes in "
+                f'full. The full output is kept: read it with file_path="kite-output:{call_id}" '
+                "and offset/limit, or narrow the call.)"
+            )
+        self._results[call_id] = ToolResultPart(call_id, content, result.is_error)
+        self._events.append(ToolFinished(call, result, content, cut.truncated))
+
+    def _close_tools_step(self) -> None:
+        parts = [self._results[c.id] for c in self._calls if c.id in self._results]
+        self.session.messages.append(Message("tool", list(parts)))
+        self._events.append(StepFinished(self.step))
+        self._calls = []
+
+    def _finish(self, reason: FinishReason, error: str | None = None) -> None:
+        self.phase = "done"
+        self.done = Done(reason, self._last_text, error)
+        self._events.append(Finished(reason, self._last_text, error))
+
+
+# -- the async driver -----------------------------------------------------------------------
+
+EventSink = Callable[[AgentEvent], Awaitable[None] | None]
+
+
+@dataclass
+class RunResult:
+    reason: FinishReason
+    text: str
+    error: str | None = None
+    steps: int = 0
+    refusals: list[Refusal] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason == "end_turn"
+
+
+class Agent:
+    """Runs user messages through the loop: the model, the tools, the UI callbacks.
+
+    - `on_event(event)` (sync or async) receives every `AgentEvent`, in order.
+    - The `PermissionGate`'s `approve(request)` answers "ask" rules; without it, asks are refused.
+    - `ask_user(questions)` answers the `question` tool; None in non-interactive shells.
+    - `abort()` stops the current run at once: in-flight bridge requests are cancelled (the
+      client sends `cancel`), the session stays consistent, and `run` returns "aborted".
+    - `command_provider` (the local router) handles slash commands like `/diff` and `/undo`
+      whatever the main provider is.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        bridge: Bridge,
+        *,
+        session: Session | None = None,
+        registry: ToolRegistry | None = None,
+        gate: PermissionGate | None = None,
+        config: LoopConfig | None = None,
+        on_event: EventSink | None = None,
+        ask_user: QuestionsFn | None = None,
+        command_provider: Any | None = None,
+    ) -> None:
+        self.provider = provider
+        self.bridge = bridge
+        self.session = session or Session()
+        self.registry = registry or default_registry()
+        self.gate = gate or PermissionGate()
+        self.config = config or LoopConfig()
+        self.on_event = on_event
+        self.ask_user = ask_user
+        self.command_provider = command_provider
+        self._task: asyncio.Task[Any] | None = None
+        self._abort_requested = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None
+
+    def abort(self) -> bool:
+        """Abort the running step (True if something was running)."""
+        if self._task is None:
+            return False
+        self._abort_requested = True
+        self._task.cancel()
+        return True
+
+    def _provider_for(self, text: str) -> Provider:
+        cp = self.command_provider
+        if cp is not None and cp is not self.provider and text.lstrip().startswith("/"):
+            handles = getattr(cp, "handles", None)
+            if handles is None or handles(text):
+                return cp
+        return self.provider
+
+    async def _emit(self, event: AgentEvent) -> None:
+        if self.on_event is not None:
+            await maybe_await(self.on_event(event))
+
+    async def _flush(self, loop: AgentLoop) -> None:
+        for ev in loop.events():
+            await self._emit(ev)
+
+    async def run(self, message: str | Message) -> RunResult:
+        """Run one user message to the end (or an abort); returns how it ended."""
+        if self._task is not None:
+            raise RuntimeError("the agent is already running")
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._abort_requested = False
+        text = message if isinstance(message, str) else message.text()
+        provider = self._provider_for(text)
+        loop = AgentLoop(self.session, self.registry, self.config)
+        refusals_before = len(self.gate.refusals)
+        try:
+            loop.submit(message)
+            await self._flush(loop)
+            while True:
+                action = loop.next_action()
+                await self._flush(loop)
+                if isinstance(action, CallModel):
+                    await self._model_turn(loop, provider, action.request)
+                elif isinstance(action, RunTools):
+                    await self._run_wave(loop, action.calls)
+                elif isinstance(action, Done):
+                    break
+                else:  # Wait: cannot happen with this driver; keep the loop honest
+                    raise RuntimeError("agent loop is waiting on nothing")
+        except asyncio.CancelledError:
+            loop.abort()
+            if not self._abort_requested:
+                self._task = None
+                raise
+            task.uncancel()
+            await self._flush(loop)
+        finally:
+            self._task = None
+        done = loop.done or Done("aborted", "")
+        return RunResult(
+            done.reason, done.text, done.error, loop.step, self.gate.refusals[refusals_before:]
+        )
+
+    async def _model_turn(self, loop: AgentLoop, provider: Provider, request: ModelRequest) -> None:
+        attempt = 0
+        while True:
+            started = False
+            try:
+                async for event in provider.stream(request):
+                    started = True
+                    loop.feed(event)
+                    await self._flush(loop)
+                    if isinstance(event, TurnEnd):
+                        break
+                if not loop.turn_ended:
+                    loop.fail(f"{provider.name}: the model stream ended without finishing its turn")
+                return
+            except ProviderError as exc:
+                if exc.retryable and not started and attempt < self.config.retries:
+                    attempt += 1
+                    delay = exc.retry_after_s if exc.retry_after_s is not None else 2.0**attempt
+                    await self._emit(Retrying(attempt, delay, str(exc)))
+                    loop.restart_turn()
+                    await asyncio.sleep(delay)
+                    continue
+                loop.fail(f"{provider.name}: {exc}")
+                return
+            except Exception as exc:  # a broken adapter or a lost bridge ends the run, clearly
+                loop.fail(f"{provider.name}: {type(exc).__name__}: {exc}")
+                return
+            finally:
+                await self._flush(loop)
+
+    async def _run_wave(self, loop: AgentLoop, calls: list[PlannedCall]) -> None:
+        async def one(pc: PlannedCall) -> None:
+            tool = self.registry.get(pc.call.name)
+            assert tool is not None
+            ctx = ToolContext(
+                self.bridge,
+                self.session,
+                self.gate,
+                pc.call.id,
+                pc.call.name,
+                self._emit,
+                self.ask_user,
+            )
+            if pc.repeat:
+                result = await execute(_doom_guarded(tool), pc.arguments, ctx)
+            else:
+                result = await execute(tool, pc.arguments, ctx)
+            loop.tool_result(pc.call.id, result)
+            await self._flush(loop)
+
+        await asyncio.gather(*(one(pc) for pc in calls))
+
+
+def _doom_guarded(tool: Tool) -> Tool:
+    """The same tool, asking `doom_loop` permission before it runs."""
+
+    async def run(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+        if ctx.gate.approve is None and ctx.gate.decide("doom_loop", [tool.name]) == "ask":
+            raise ToolError(
+                f"not run: this is the third identical {tool.name} call in a row and would give "
+                "the same result; do something different, or finish and report"
+            )
+        await ctx.ask(
+            "doom_loop",
+            [tool.name],
+            f"{tool.name} was called three times in a row with the same input; continue?",
+            {"arguments": args},
+        )
+        return await tool.run(args, ctx)
+
+    return replace(tool, run=run)
