@@ -251,7 +251,11 @@ class AsyncioHttpClient:
                 self.connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
-            raise HttpError(f"cannot connect to {origin}: {_describe(exc)}") from exc
+            # A certificate that does not verify will not verify on a retry either.
+            bad_cert = ctx is not None and isinstance(exc, ssl.SSLCertVerificationError)
+            raise HttpError(
+                f"cannot connect to {origin}: {_describe(exc)}", retryable=not bad_cert
+            ) from exc
         ok = False
         try:
             writer.write(request)
