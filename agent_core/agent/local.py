@@ -292,8 +292,9 @@ class LocalProvider:
         turn = sum(1 for m in messages if m.role == "assistant")
         if not since:
             intent = route(messages[last_user].text())
-            if not intent.calls:
-                return Message("assistant", [TextPart(self._explain(intent))]), "end_turn"
+            if not intent.calls:  # help is an answer; anything else it cannot do
+                stop = "end_turn" if intent.kind == "help" else "error"
+                return Message("assistant", [TextPart(self._explain(intent))]), stop
             return self._calls(turn, intent.kind, intent.calls), "tool_use"
         # We have called tools: look at the last batch and its results.
         calls = next((m.tool_calls() for m in reversed(since) if m.role == "assistant"), [])
@@ -344,7 +345,7 @@ class LocalProvider:
             + ", ".join(n for n, _ in TEST_PROBES)
             + " is at the top of the workspace. Tell me the command: /run <command>"
         )
-        return Message("assistant", [TextPart(text)]), "end_turn"
+        return Message("assistant", [TextPart(text)]), "error"
 
     def _summarise(self, calls: list[ToolCallPart], results: dict[str, ToolResultPart]) -> str:
         blocks = []

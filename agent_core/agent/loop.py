@@ -88,7 +88,9 @@ class LoopConfig:
     temperature: float | None = None
     doom_loop_threshold: int = 3
     stop_on_reject: bool = True  # a plain "reject" ends the run; reject + message continues
-    retries: int = 3  # retryable provider errors, before any output of the turn
+    # Retries of retryable provider errors before any output of the turn. The HTTP providers
+    # (agent_core.llm.providers) retry on their own, so the loop does not by default.
+    retries: int = 0
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -309,8 +311,9 @@ class AgentLoop:
             self._plan(calls)
             return
         self._events.append(StepFinished(self.step))
-        if end.stop_reason == "error":
-            self._finish("error", error="the model ended its turn with an error")
+        if end.stop_reason == "error":  # e.g. the local router cannot do what was asked
+            first = msg.text().strip().split("\n")[0]
+            self._finish("error", error=first or "the model ended its turn with an error")
         elif end.stop_reason == "max_tokens":
             self._finish("max_tokens")
         else:
@@ -332,6 +335,7 @@ class AgentLoop:
                 )
                 continue
             args, error = self.registry.prepare(call.name, call.arguments)
+            error = call.argument_error() or error  # unparseable arguments: never run
             if error:
                 self._record(call.id, ToolResult(error, title=call.name, status="error"))
                 continue

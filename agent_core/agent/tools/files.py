@@ -141,11 +141,11 @@ def number_lines(lines: list[str], first: int) -> tuple[list[str], int]:
 
 def _format_read(path: str, content: str, first: int, total: int) -> tuple[str, int]:
     lines = content.split("\n")
-    if content.endswith("\n"):
+    if content.endswith("\n") or not content:
         lines.pop()
     if total == 0:
         return f"({path} is empty)", 0
-    if not lines:
+    if not lines or first > total:
         return f"({path} has {total} lines; offset {first} is past the end)", 0
     rows, n = number_lines(lines, first)
     last = first + n - 1
@@ -427,9 +427,15 @@ async def run_apply_patch(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
         raise
     record_change(ctx, done)
     lines = []
-    for c in done:
-        tag = "A" if c.before is None else "D" if c.after is None else "M"
-        lines.append(f"{tag} {c.path}")
+    for op in ops:
+        if op.kind == "add":
+            lines.append(f"A {op.path}")
+        elif op.kind == "delete":
+            lines.append(f"D {op.path}")
+        elif op.move_to and op.move_to != op.path:
+            lines.append(f"M {op.move_to} (moved from {op.path})")
+        else:
+            lines.append(f"M {op.path}")
     return ToolResult(
         "Success. Updated the following files:\n" + "\n".join(lines),
         title=", ".join(changed) + f" {_summary(diff)}",
@@ -598,14 +604,12 @@ def render_tree(base: str, files: list[str], dirs: list[str] | None = None) -> s
         for d in parts[:-1]:
             node = node.setdefault(d + "/", {})
         node.setdefault(parts[-1], None)
-    for rel in dirs or []:
-        node = tree
-        for d in rel.split("/"):
-            node = node.setdefault(d + "/", {})
+    for rel in dirs or []:  # directories with nothing listed in them
+        tree.setdefault(rel + "/ (empty or ignored)", None)
     out = [f"{base}/" if base != "." else "./"]
 
     def walk(node: dict[str, Any], depth: int) -> None:
-        for name in sorted(node, key=lambda n: (not n.endswith("/"), n)):
+        for name in sorted(node, key=lambda n: (not n.split(" ")[0].endswith("/"), n)):
             out.append("  " * depth + name)
             if node[name]:
                 walk(node[name], depth + 1)
