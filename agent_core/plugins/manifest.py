@@ -357,7 +357,7 @@ class TrustPolicy:
         if key is not None:
             raise PluginError(
                 f"{manifest.name}: signed by {key_id(key)}, which is not a trusted publisher key "
-                "(add it to trusted_keys under [plugins] in the host config)",
+                f"(trust it with `kite plugin trust --key {key_id(key)}`)",
                 "untrusted",
             )
         raise PluginError(
