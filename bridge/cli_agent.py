@@ -30,31 +30,13 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent_core.agent.events import (
-    AgentEvent,
-    AssistantDelta,
-    AssistantMessage,
-    Retrying,
-    TodosUpdated,
-    ToolFinished,
-    ToolOutput,
-    ToolStarted,
-)
-from agent_core.agent.local import HELP as LOCAL_HELP
-from agent_core.agent.local import LocalProvider
-from agent_core.agent.loop import Agent, LoopConfig, RunResult
-from agent_core.agent.permissions import (
-    ConfigError,
-    PermissionGate,
-    PermissionReply,
-    PermissionRequest,
-    Ruleset,
-    always_pattern,
-    rules_from_config,
-)
-from agent_core.agent.session import Session
+if TYPE_CHECKING:  # the agent modules load when a command runs, not when `kite` parses
+    from agent_core.agent.events import AgentEvent
+    from agent_core.agent.loop import Agent, RunResult
+    from agent_core.agent.permissions import PermissionReply, PermissionRequest, Ruleset
+
 from bridge.cli import CliError
 
 CLI_KEY_FILE = "cli_device_key"
@@ -104,6 +86,8 @@ def _load_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ruleset(config: dict[str, Any]) -> Ruleset:
+    from agent_core.agent.permissions import ConfigError, Ruleset, rules_from_config
+
     rs = Ruleset()
     try:
         for rule in rules_from_config(config.get("permission") or {}):
@@ -119,6 +103,8 @@ def _model_spec(args: argparse.Namespace, config: dict[str, Any]) -> str:
 
 def make_provider(spec: str, client: Any, on_retry: Any = None) -> Any:
     """`local` (the on-device router) or an `openai/...` / `anthropic/...` model via the bridge."""
+    from agent_core.agent.local import LocalProvider
+
     if spec == "local" or spec.startswith("local/"):
         return LocalProvider()
     try:
@@ -228,6 +214,7 @@ async def _open_remote(state: Path, url: str) -> tuple[Any, str]:
             psk=link.secret,
             info={"name": name},
         )
+        await _verify(client, link.base_url)  # only a pairing the bridge accepted is saved
         remotes = _remotes(state)
         remotes[_remote_key(link.base_url)] = {
             "host_key": _b64(link.host_key),
@@ -254,11 +241,27 @@ async def _open_remote(state: Path, url: str) -> tuple[Any, str]:
     return client, url
 
 
+async def _verify(client: Any, where: str) -> None:
+    """The bridge closes the socket after the handshake when it does not know the device: a
+    ping turns that into a clear error before any work starts."""
+    from agent_core.client import ChannelClosed
+
+    try:
+        await client.call("sys.ping", timeout=10)
+    except (ChannelClosed, TimeoutError):
+        await client.close()
+        raise CliError(
+            f"the bridge at {where} refused this device: it is not paired with it, or it was "
+            "revoked (see `kite devices list` on the host)"
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def connect(args: argparse.Namespace) -> AsyncIterator[Connection]:
     """A connected client: remote, the state dir's running bridge, or an in-process one."""
     from agent_core.channel.crypto_cpython import CpythonCryptoBackend
     from agent_core.channel.handshake import SUBPROTOCOL_CONNECT
+    from agent_core.channel.noise import NoiseError
     from agent_core.client import KiteClient
     from agent_core.pairing import websocket_url
     from agent_core.transport.ws_cpython import open_websocket
@@ -291,7 +294,8 @@ async def connect(args: argparse.Namespace) -> AsyncIterator[Connection]:
                 host_key=host_key,
                 info={"name": "kite cli"},
             )
-    except (OSError, ConnectionError) as exc:
+        await _verify(client, args.bridge or url)
+    except (OSError, ConnectionError, NoiseError) as exc:
         if bridge is not None:
             await bridge.stop()
         where = args.bridge or "the bridge"
@@ -404,6 +408,9 @@ class Renderer:
     def __init__(self, *, stream_text: bool, quiet: bool = False) -> None:
         from rich.console import Console
 
+        from agent_core.agent import events
+
+        self.ev = events
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.stream_text = stream_text
         self.quiet = quiet
@@ -429,11 +436,12 @@ class Renderer:
             self.err.print(Syntax(diff.rstrip("\n"), "diff", theme="ansi_dark", word_wrap=True))
 
     def __call__(self, ev: AgentEvent) -> None:
-        if isinstance(ev, AssistantDelta):
+        E = self.ev
+        if isinstance(ev, E.AssistantDelta):
             if self.stream_text:
                 self._text(ev.text)
             return
-        if isinstance(ev, AssistantMessage):
+        if isinstance(ev, E.AssistantMessage):
             if self.stream_text:
                 self._end_line()
             elif ev.message.tool_calls() and ev.message.text().strip() and not self.quiet:
@@ -441,13 +449,13 @@ class Renderer:
             return
         if self.quiet:
             return
-        if isinstance(ev, ToolStarted):
+        if isinstance(ev, E.ToolStarted):
             self._end_line()
             self.err.print(f"[cyan]→[/] {_esc(describe_call(ev.call.name, ev.arguments))}")
-        elif isinstance(ev, ToolOutput):
+        elif isinstance(ev, E.ToolOutput):
             self.err.print(ev.text, end="", style="dim", markup=False)
             self._err_open = not ev.text.endswith("\n")
-        elif isinstance(ev, ToolFinished):
+        elif isinstance(ev, E.ToolFinished):
             self._end_line()
             r = ev.result
             if r.is_error:
@@ -461,11 +469,11 @@ class Renderer:
                     code = r.metadata.get("exit_code")
                     style = "green" if code == 0 else "yellow"
                     self.err.print(f"[{style}]exit {code}[/]", highlight=False)
-        elif isinstance(ev, TodosUpdated):
+        elif isinstance(ev, E.TodosUpdated):
             marks = {"completed": "[green]✓[/]", "in_progress": "[yellow]●[/]", "cancelled": "✗"}
             for t in ev.todos:
                 self.err.print(f"  {marks.get(t['status'], '○')} {_esc(t['content'])}")
-        elif isinstance(ev, Retrying):
+        elif isinstance(ev, E.Retrying):
             self.err.print(f"[yellow]retrying in {ev.delay_s:.0f} s: {_esc(ev.error)}[/]")
 
 
@@ -483,6 +491,8 @@ class Prompter:
         self.reader = reader
 
     async def approve(self, req: PermissionRequest) -> PermissionReply:
+        from agent_core.agent.permissions import PermissionReply, always_pattern
+
         con = self.r.err
         self.r._end_line()
         if req.metadata.get("diff"):
@@ -562,6 +572,12 @@ def _build_agent(
     renderer: Renderer,
     prompter: Prompter | None,
 ) -> Agent:
+    from agent_core.agent.events import Retrying
+    from agent_core.agent.local import LocalProvider
+    from agent_core.agent.loop import Agent, LoopConfig
+    from agent_core.agent.permissions import PermissionGate
+    from agent_core.agent.session import Session
+
     spec = _model_spec(args, config)
 
     def on_retry(error: Any, attempt: int, delay: float) -> None:
@@ -657,6 +673,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
+    from agent_core.agent.local import HELP as LOCAL_HELP
+    from agent_core.agent.session import Session
+
     renderer = Renderer(stream_text=True)
     reader = LineReader()
     prompter = Prompter(renderer, reader)

@@ -24,7 +24,7 @@ from agent_core.agent.tools.base import (
     bridge_error,
     norm_path,
 )
-from agent_core.agent.truncate import MAX_BYTES, cut_line
+from agent_core.agent.truncate import MAX_BYTES, MAX_LINE_CHARS, cut_line
 from agent_core.llm.types import ToolSpec
 from agent_core.rpc.errors import RpcError
 
@@ -128,15 +128,18 @@ READ = ToolSpec(
 
 def number_lines(lines: list[str], first: int) -> tuple[list[str], int]:
     """`cat -n` lines within the output byte budget: (lines, how many were taken)."""
-    out: list[str] = []
+    rows = [
+        f"{first + i:>6}\t{line if len(line) <= MAX_LINE_CHARS else cut_line(line)}"
+        for i, line in enumerate(lines)
+    ]
+    if len("\n".join(rows).encode()) <= MAX_BYTES:  # the common case: one encode
+        return rows, len(rows)
     used = 0
-    for i, line in enumerate(lines):
-        row = f"{first + i:>6}\t{cut_line(line)}"
+    for n, row in enumerate(rows):
         used += len(row.encode()) + 1
-        if used > MAX_BYTES and out:
-            break
-        out.append(row)
-    return out, len(out)
+        if used > MAX_BYTES and n:
+            return rows[:n], n
+    return rows, len(rows)
 
 
 def _format_read(path: str, content: str, first: int, total: int) -> tuple[str, int]:

@@ -1,0 +1,193 @@
+"""`kite run` as a user runs it: a real subprocess in a temporary workspace, a real bridge
+(in-process for the run, the one running on the state dir, or a remote one after pairing)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_core.channel.crypto_cpython import CpythonCryptoBackend
+from bridge.devices import device_id
+from tests.harness import REPO, BridgeProcess, kite
+
+README = "# Demo project\nTODO: write the docs\n"
+
+
+def _env(state: Path) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "XDG_CONFIG_HOME": str(state.parent / "config"),  # no user agent.json leaks in
+        "COLUMNS": "200",
+    }
+    env.pop("KITE_MODEL", None)
+    return env
+
+
+def start(*args: str, cwd: Path, state: Path, stdin: str | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--state-dir", str(state), *args],
+        cwd=cwd,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(state),
+    )
+
+
+def finish(
+    p: subprocess.Popen[str], stdin: str | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    stdout, stderr = p.communicate(stdin, timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr)
+
+
+def kite_run(
+    *args: str, cwd: Path, state: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return finish(start(*args, cwd=cwd, state=state, stdin=stdin), stdin)
+
+
+def kite_runs(
+    runs: list[tuple[str, ...]], *, cwd: Path, state: Path
+) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent `kite run`s at once, each with a state dir of its own."""
+    procs = [
+        start(*args, cwd=cwd, state=state.parent / f"{state.name}-{i}")
+        for i, args in enumerate(runs)
+    ]
+    return [finish(p) for p in procs]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, Path]:
+    ws = tmp_path / "project"
+    (ws / "src").mkdir(parents=True)
+    (ws / "README.md").write_text(README)
+    (ws / "src" / "cli.py").write_text("import sys  # TODO: --verbose\n")
+    return ws, tmp_path / "state"
+
+
+def last_line(text: str) -> str:
+    return text.strip().split("\n")[-1]
+
+
+def test_read_ls_and_natural_forms_without_a_model(project: tuple[Path, Path]) -> None:
+    ws, state = project
+    r = kite_run("/read README.md", cwd=ws, state=state)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == README  # the final answer alone on stdout
+    # The CLI registered its own device key (0600) in the state dir's registry.
+    assert (state / "cli_device_key").stat().st_mode & 0o777 == 0o600
+    devices = json.loads(kite("devices", "list", "--json", state_dir=state).stdout)
+    assert [d["name"].split(" (")[0] for d in devices] == ["kite cli"]
+    assert not (state / "bridge.json").exists()  # the in-process bridge cleaned up
+    ls, opened, search, listed = kite_runs(
+        [("/ls",), ("open", "README.md"), ("search for TODO",), ("list files in src",)],
+        cwd=ws,
+        state=state,
+    )
+    assert ls.returncode == 0 and ls.stdout.splitlines() == [
+        "./",
+        "  src/",
+        "    cli.py",
+        "  README.md",
+    ]
+    assert opened.returncode == 0 and opened.stdout == README  # words are joined
+    assert search.returncode == 0
+    assert "README.md:\n  Line 2: TODO: write the docs" in search.stdout
+    assert "src/cli.py:\n  Line 1: import sys  # TODO: --verbose" in search.stdout
+    assert listed.returncode == 0 and listed.stdout.splitlines() == ["src/", "  cli.py"]
+    r = kite_run("-", cwd=ws, state=state, stdin="/grep verbose\n")  # the message from stdin
+    assert r.returncode == 0 and "Line 1: import sys  # TODO: --verbose" in r.stdout
+
+
+def test_run_needs_yes_and_says_so(project: tuple[Path, Path]) -> None:
+    ws, state = project
+    refused, allowed = kite_runs(
+        [("/run touch refused.txt",), ("--yes", "/run echo hi; touch ran.txt")],
+        cwd=ws,
+        state=state,
+    )
+    assert refused.returncode == 1 and not (ws / "refused.txt").exists()
+    assert "needs the user's approval" in refused.stdout
+    assert last_line(refused.stderr) == (
+        "kite: refused bash `touch refused.txt`: it needs approval and this run is "
+        "non-interactive; rerun with --yes to allow it"
+    )
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout == "hi\n\n(exit code 0)\n" and (ws / "ran.txt").exists()
+
+
+def test_what_the_router_cannot_do_fails_honestly(project: tuple[Path, Path]) -> None:
+    ws, state = project
+    unknown, bad_model = kite_runs(
+        [
+            ("add a --verbose flag to cli.py and run the tests",),
+            ("--model", "nosuch/thing", "hi"),
+        ],
+        cwd=ws,
+        state=state,
+    )
+    assert unknown.returncode == 1
+    assert "without a configured model" in unknown.stdout and "--model" in unknown.stdout
+    assert last_line(unknown.stderr).startswith("kite: I can't do that")
+    assert bad_model.returncode == 1 and bad_model.stderr.startswith("kite: --model:")
+    assert bad_model.stderr.count("\n") == 1
+
+
+def test_running_bridge_on_the_state_dir_and_remote_after_pairing(
+    project: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ws, state = project
+    bridge = BridgeProcess(ws, state)
+    try:
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        client_state = tmp_path / "client-state"
+        local = start("/read README.md", cwd=elsewhere, state=state)
+        link = bridge.pair_url()
+        remote = start("--bridge", link, "/read README.md", cwd=elsewhere, state=client_state)
+        r = finish(local)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == README  # read through the running bridge's workspace
+        assert "using the bridge running on this state dir" in r.stderr
+        info = json.loads((state / "bridge.json").read_text())
+        assert info["pid"] == bridge.proc.pid  # untouched by the run
+        r = finish(remote)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == README
+        assert (client_state / "remotes.json").stat().st_mode & 0o777 == 0o600
+        # Paired once: the URL alone is enough now; an unknown URL is refused.
+        again = start(
+            "--bridge", bridge.url, "--yes", "/run pwd", cwd=elsewhere, state=client_state
+        )
+        unknown = start("--bridge", "http://127.0.0.1:9/", "/ls", cwd=elsewhere, state=client_state)
+        reused = start("--bridge", link, "/ls", cwd=elsewhere, state=tmp_path / "other-client")
+        r = finish(reused)  # a pairing link works once
+        assert r.returncode == 1 and "refused this device" in last_line(r.stderr)
+        assert not (tmp_path / "other-client" / "remotes.json").exists()
+        r = finish(again)
+        assert r.returncode == 0 and r.stdout.startswith(str(ws.resolve())), r.stderr
+        r = finish(unknown)
+        assert r.returncode == 1 and "not paired with" in last_line(r.stderr)
+        # Revoking the CLI's device locks it out, with a one-line reason.
+        names = [
+            d["name"] for d in json.loads(kite("devices", "list", "--json", state_dir=state).stdout)
+        ]
+        assert [n.split(" (")[0] for n in names] == ["kite cli", "kite cli"]  # local + paired
+        raw = base64.b64decode((state / "cli_device_key").read_bytes())
+        public = CpythonCryptoBackend().keypair_from_private_bytes(raw).public
+        kite("devices", "revoke", device_id(public), state_dir=state)
+        r = kite_run("/ls", cwd=ws, state=state)
+        assert r.returncode == 1 and "revoked" in last_line(r.stderr)
+        assert r.stderr.count("\n") == 1
+    finally:
+        bridge.stop()
