@@ -34,6 +34,7 @@ from bridge.httpcheck import FailureLimiter, OriginPolicy
 from bridge.jail import Workspace
 from bridge.ops import exec as exec_ops
 from bridge.ops import fs as _fs_ops  # noqa: F401  (registers the fs.* ops)
+from bridge.ops import model as _model_ops  # noqa: F401
 from bridge.ops import sys as _sys_ops  # noqa: F401  (registers sys.*)
 from bridge.policy import Policy, load_policy
 from bridge.snapshots import SnapshotStore

@@ -41,10 +41,13 @@ def kite(
 class BridgeProcess:
     """`kite serve --json --port 0` in a subprocess, on loopback."""
 
-    def __init__(self, workspace: Path, state_dir: Path, *extra: str) -> None:
+    def __init__(
+        self, workspace: Path, state_dir: Path, *extra: str, env: dict[str, str] | None = None
+    ) -> None:
+        """`env`: variables set (over this process's environment) for the bridge process."""
         self.workspace = workspace
         self.state_dir = state_dir
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -64,7 +67,7 @@ class BridgeProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=proc_env,
             cwd=REPO,
         )
         assert self.proc.stdout is not None

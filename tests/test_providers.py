@@ -501,3 +501,19 @@ def test_parse_retry_after_forms() -> None:
     assert parse_retry_after({}) is None
     now = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
     assert parse_retry_after({"retry-after": "Tue, 01 Jan 2030 00:00:30 GMT"}, now=now) == 30
+
+
+def test_llm_package_imports_only_the_standard_library() -> None:
+    """agent_core.llm also runs under Pyodide: nothing outside the stdlib at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; before = set(sys.modules);"
+        "import agent_core.llm.providers, agent_core.llm.http, agent_core.llm.sse;"
+        "new = {m.split('.')[0] for m in set(sys.modules) - before};"
+        "print(sorted(new - set(sys.stdlib_module_names) - {'agent_core'}))"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

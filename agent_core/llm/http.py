@@ -244,12 +244,10 @@ class AsyncioHttpClient:
             ctx = self.ssl_context or ssl.create_default_context()
         request = _encode_request(method, parts, host, port, tls, headers, body)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(self.connect_timeout_s):
+                reader, writer = await asyncio.open_connection(
                     host, port, ssl=ctx, server_hostname=host if tls else None, limit=MAX_HEAD_LINE
-                ),
-                self.connect_timeout_s,
-            )
+                )
         except (OSError, TimeoutError) as exc:
             # A certificate that does not verify will not verify on a retry either.
             bad_cert = ctx is not None and isinstance(exc, ssl.SSLCertVerificationError)
@@ -259,7 +257,8 @@ class AsyncioHttpClient:
         ok = False
         try:
             writer.write(request)
-            await asyncio.wait_for(writer.drain(), self.read_timeout_s)
+            async with asyncio.timeout(self.read_timeout_s):
+                await writer.drain()
             status, resp_headers = await self._read_head(reader)
             ok = True
         except HttpError:
@@ -272,8 +271,15 @@ class AsyncioHttpClient:
         body_iter = self._body(reader, writer, resp_headers, method, status, origin)
         return HttpResponse(status, resp_headers, body_iter)
 
+    # Timeouts use `asyncio.timeout`, not `wait_for`: on Python 3.11, `wait_for` drops a
+    # cancellation that arrives as the read completes, and a cancelled turn must close its socket.
     async def _readline(self, reader: asyncio.StreamReader) -> bytes:
-        return await asyncio.wait_for(reader.readline(), self.read_timeout_s)
+        async with asyncio.timeout(self.read_timeout_s):
+            return await reader.readline()
+
+    async def _read(self, reader: asyncio.StreamReader, n: int) -> bytes:
+        async with asyncio.timeout(self.read_timeout_s):
+            return await reader.read(n)
 
     async def _read_head(self, reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
         while True:
@@ -322,7 +328,6 @@ class AsyncioHttpClient:
     ) -> AsyncGenerator[bytes, None]:
         complete = False
         delivered = False
-        timeout = self.read_timeout_s
         try:
             if method == "HEAD" or status in (204, 304):
                 complete = True
@@ -338,7 +343,7 @@ class AsyncioHttpClient:
                             pass  # trailers
                         break
                     while size:
-                        data = await asyncio.wait_for(reader.read(min(size, READ_SIZE)), timeout)
+                        data = await self._read(reader, min(size, READ_SIZE))
                         if not data:
                             raise EOFError("connection closed inside a chunk")
                         size -= len(data)
@@ -349,14 +354,14 @@ class AsyncioHttpClient:
             elif "content-length" in headers:
                 left = int(headers["content-length"])
                 while left > 0:
-                    data = await asyncio.wait_for(reader.read(min(left, READ_SIZE)), timeout)
+                    data = await self._read(reader, min(left, READ_SIZE))
                     if not data:
                         raise EOFError(f"connection closed with {left} bytes of the body missing")
                     left -= len(data)
                     delivered = True
                     yield data
             else:  # delimited by the end of the connection
-                while data := await asyncio.wait_for(reader.read(READ_SIZE), timeout):
+                while data := await self._read(reader, READ_SIZE):
                     delivered = True
                     yield data
             complete = True
