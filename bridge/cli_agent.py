@@ -52,9 +52,13 @@ examples:
   kite run --bridge 'http://host:8765/#pair=...&host=...' "/ls"   pair once, then use the URL
 
 Prints the final answer on stdout; progress, diffs and refusals go to stderr. Exit status: 0 done,
-1 failed or a call was refused, 130 interrupted. Without --yes a call that needs approval is
-refused (nothing waits on stdin) unless stdin and stderr are a terminal, which then asks.
+1 failed or a call was refused, 130 interrupted (Ctrl-C). `kite run` is non-interactive: a call
+the permission rules would ask about is refused and reported (nothing waits on stdin); allow such
+calls with --yes, or answer prompts on the terminal with --interactive (or use `kite chat`).
 Model keys stay on the host: the bridge relays model requests with its own environment's keys.
+Device key: talking to the bridge of its own state dir, the CLI uses <state dir>/cli_device_key
+(0600), registered directly in that state dir's device registry as "kite cli" — it runs as the
+host user who owns the state dir, so no pairing link is needed. `kite devices revoke` applies.
 Config (optional): <user config dir>/agent.json, e.g.
   {"model": "anthropic/claude-sonnet-4-5", "max_steps": 50,
    "permission": {"bash": {"*": "ask", "git status*": "allow", "rm *": "deny"}}}
@@ -615,7 +619,9 @@ def _note_workspace(renderer: Renderer, conn: Connection) -> None:
 
 async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> int:
     renderer = Renderer(stream_text=sys.stdout.isatty(), quiet=args.quiet)
-    prompter = Prompter(renderer, LineReader()) if _interactive_terminal() else None
+    if args.interactive and not _interactive_terminal():
+        raise CliError("--interactive needs a terminal on stdin and stderr")
+    prompter = Prompter(renderer, LineReader()) if args.interactive else None
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
         agent = _build_agent(args, config, conn, renderer, prompter)
@@ -715,6 +721,12 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
                     renderer.err.print("[dim]new session[/]")
                     continue
                 result = await agent.run(text)
+                u = agent.session.usage
+                if u.input_tokens or u.output_tokens:
+                    renderer.err.print(
+                        f"[dim]tokens: {u.input_tokens + u.cache_read_tokens} in "
+                        f"({u.cache_read_tokens} cached), {u.output_tokens} out[/]"
+                    )
                 if result.reason == "aborted":
                     renderer._end_line()
                     renderer.err.print("[yellow]stopped[/]")
@@ -768,6 +780,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     _agent_options(run)
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    run.add_argument(
+        "--interactive",
+        "-i",
+        action="store_true",
+        help="ask for approvals and answers on the terminal instead of refusing",
+    )
     run.add_argument("message", nargs="+", metavar="MESSAGE", help="what to do ('-': stdin)")
     run.set_defaults(func=cmd_run)
 

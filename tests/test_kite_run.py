@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,11 +113,22 @@ def test_read_ls_and_natural_forms_without_a_model(project: tuple[Path, Path]) -
 
 def test_run_needs_yes_and_says_so(project: tuple[Path, Path]) -> None:
     ws, state = project
+    long = start("--yes", "/run echo $$ > started; exec sleep 30", cwd=ws, state=state)
     refused, allowed = kite_runs(
         [("/run touch refused.txt",), ("--yes", "/run echo hi; touch ran.txt")],
         cwd=ws,
         state=state,
     )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if (ws / "started").exists() and (ws / "started").read_text().strip():
+            break
+        time.sleep(0.05)
+    long.send_signal(signal.SIGINT)  # Ctrl-C: the step is aborted, the command killed
+    r = finish(long, timeout=10)
+    assert r.returncode == 130 and last_line(r.stderr) == "kite: interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int((ws / "started").read_text()), 0)
     assert refused.returncode == 1 and not (ws / "refused.txt").exists()
     assert "needs the user's approval" in refused.stdout
     assert last_line(refused.stderr) == (
@@ -191,3 +204,41 @@ def test_running_bridge_on_the_state_dir_and_remote_after_pairing(
         assert r.stderr.count("\n") == 1
     finally:
         bridge.stop()
+
+
+def test_kite_run_with_a_model_through_the_bridge_relay(tmp_path: Path) -> None:
+    """`--model openai/...`: the scripted OpenAI-format server plays the model; the key and the
+    base URL live in the bridge's environment only."""
+    ms = pytest.importorskip("tests.model_server")
+    pytest.importorskip("bridge.ops.model")  # the relay op
+    from tests.test_tools import bridge_with_key
+
+    edit = {
+        "file_path": "src/cli.py",
+        "old_string": "import sys  # TODO: --verbose",
+        "new_string": "import sys\nVERBOSE = '--verbose' in sys.argv\nprint('verbose', VERBOSE)",
+    }
+    turns = [
+        ms.Turn(text="Adding the flag.", tool_calls=[ms.ToolCall("edit", edit)]),
+        ms.Turn(tool_calls=[ms.ToolCall("bash", {"command": "python3 src/cli.py --verbose"})]),
+        ms.Turn(text="Added --verbose; `python3 src/cli.py --verbose` prints `verbose True`."),
+    ]
+    with ms.ScriptedModelServer(turns).in_thread() as srv:
+        env = {"OPENAI_BASE_URL": srv.base_url, "OPENAI_API_KEY": "sk-relay-test"}
+        with bridge_with_key(tmp_path, env) as bk:
+            (bk.workspace / "src").mkdir()
+            (bk.workspace / "src" / "cli.py").write_text("import sys  # TODO: --verbose\n")
+            r = kite_run(
+                "--model", "openai/gpt-test", "--yes",
+                "add a --verbose flag to cli.py and run it",
+                cwd=bk.workspace, state=bk.proc.state_dir,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            assert r.stdout == turns[2].text + "\n"
+            assert "VERBOSE = '--verbose' in sys.argv" in (bk.workspace / "src/cli.py").read_text()
+            last = srv.requests[-1].body
+            assert any(
+                m["role"] == "tool" and "verbose True" in m["content"] for m in last["messages"]
+            )
+            assert last["model"] == "gpt-test"
+            assert "sk-relay-test" not in r.stdout + r.stderr

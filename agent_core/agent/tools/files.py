@@ -598,8 +598,10 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     )
 
 
-def render_tree(base: str, files: list[str], dirs: list[str] | None = None) -> str:
-    """An indented tree of paths relative to `base`."""
+def render_tree(
+    base: str, files: list[str], dirs: list[str] | None = None, label: str = "(empty or ignored)"
+) -> str:
+    """An indented tree of paths relative to `base`; `dirs` show with `label`."""
     tree: dict[str, Any] = {}
     for rel in files:
         node = tree
@@ -608,7 +610,7 @@ def render_tree(base: str, files: list[str], dirs: list[str] | None = None) -> s
             node = node.setdefault(d + "/", {})
         node.setdefault(parts[-1], None)
     for rel in dirs or []:  # directories with nothing listed in them
-        tree.setdefault(rel + "/ (empty or ignored)", None)
+        tree.setdefault(f"{rel}/ {label}", None)
     out = [f"{base}/" if base != "." else "./"]
 
     def walk(node: dict[str, Any], depth: int) -> None:
@@ -645,7 +647,8 @@ async def run_list(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     ]
     shown = sorted(rels, key=lambda r: (r.count("/"), r))[:LIST_LIMIT]
     dirs = [d for d in top_dirs if not any(r.startswith(d + "/") for r in shown)]
-    text = render_tree(path, shown, dirs)
+    label = "(not listed: too many files)" if res.get("truncated") else "(empty or ignored)"
+    text = render_tree(path, shown, dirs, label)
     more = len(rels) - len(shown)
     if more > 0 or res.get("truncated"):
         text += (
