@@ -25,7 +25,13 @@ pytest.importorskip("wasmtime")
 
 
 def engine_runners() -> tuple[dict[str, sdk.Runner], list[str]]:
-    runners: dict[str, sdk.Runner] = {"kite-wasmtime": sdk.kite_runner()}
+    from agent_core.plugins.engine_wasmtime import WasmtimeEngine
+
+    runners: dict[str, sdk.Runner] = {
+        "kite-wasmtime": sdk.kite_runner(),
+        # the browser engine's time limit (instrumented modules, meter.py) on wasmtime
+        "kite-metered": sdk.kite_runner(engine=WasmtimeEngine.shared(metered=True)),
+    }
     coarse = []
     extism = sdk.extism_runner()
     if extism is not None:

@@ -40,6 +40,7 @@ from agent_core.plugins.sandbox import (
     host_allowed,
     memory_plan,
 )
+from agent_core.plugins.wasi import MemFS
 from agent_core.plugins.wasmbin import PAGE, FuncType
 
 ENV = "extism:host/env"
@@ -218,6 +219,7 @@ class PluginInstance:
         self.log_level = LOG_LEVELS[log_level]
         self.on_log = on_log
         self.log = CallLog()
+        self.fs = MemFS()  # used when files are served from memory (see WasiSpec)
         self._inst: EngineInstance | None = None
         self._host_error: PluginError | None = None
         self._http_status = 0
@@ -252,6 +254,7 @@ class PluginInstance:
                 preopens=self.preopens,
                 stdout=lambda b: self._log("info", b),
                 stderr=lambda b: self._log("warn", b),
+                fs=self.fs,
             )
         limits = InstanceLimits(m.limits.memory_bytes, m.limits.table_elements)
         self.log = CallLog()

@@ -55,11 +55,16 @@ class HostFunction:
 @dataclass(frozen=True)
 class WasiSpec:
     """WASI preview 1 for a guest: preopened directories (host dir -> guest path), no env, no
-    args. `stdout`/`stderr` receive what the guest writes to fds 1 and 2 (bytes)."""
+    args. `stdout`/`stderr` receive what the guest writes to fds 1 and 2 (bytes).
+
+    An engine without WASI of its own (the browser) serves the guest paths from `fs`, the
+    plugin's in-memory file system (`wasi.MemFS`); so does any engine when a host dir is "".
+    """
 
     preopens: Sequence[tuple[str, str]] = ()
     stdout: Callable[[bytes], None] | None = None
     stderr: Callable[[bytes], None] | None = None
+    fs: Any = None
 
 
 @dataclass(frozen=True)

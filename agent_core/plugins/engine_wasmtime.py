@@ -24,6 +24,7 @@ from typing import Any
 
 import wasmtime
 
+from agent_core.plugins import meter
 from agent_core.plugins.engine import (
     EngineError,
     HostFunction,
@@ -108,12 +109,16 @@ class WasmtimeEngine:
     """Compiles modules once (cached by sha256) for any number of plugin instances."""
 
     name = "wasmtime"
-    _shared: WasmtimeEngine | None = None
+    _shared: dict[bool, WasmtimeEngine] = {}  # noqa: RUF012 - one per mode, per process
     CACHE_SIZE = 64
 
-    def __init__(self) -> None:
+    def __init__(self, metered: bool = False) -> None:
+        # metered: behave like the browser engine — time limits by instrumentation (meter.py)
+        # instead of epochs, WASI from the in-memory shim (wasi.py) instead of wasmtime's — so
+        # those code paths are tested on CPython against the same modules.
+        self.metered = metered
         config = wasmtime.Config()
-        config.epoch_interruption = True
+        config.epoch_interruption = not metered
         config.memory_may_move = False
         self.engine = wasmtime.Engine(config)
         self.ticker = _Ticker(self.engine)
@@ -121,11 +126,11 @@ class WasmtimeEngine:
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def shared(cls) -> WasmtimeEngine:
+    def shared(cls, metered: bool = False) -> WasmtimeEngine:
         """One engine per process: compiled modules and the epoch thread are shared."""
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
+        if metered not in cls._shared:
+            cls._shared[metered] = cls(metered)
+        return cls._shared[metered]
 
     def compile(self, wasm: bytes) -> wasmtime.Module:
         key = hashlib.sha256(wasm).digest()
@@ -135,9 +140,13 @@ class WasmtimeEngine:
                 self._cache.move_to_end(key)
                 return module
         try:
+            if self.metered:
+                wasm = meter.instrument(bytes(wasm))
             module = wasmtime.Module(self.engine, bytes(wasm))
         except wasmtime.WasmtimeError as exc:
             raise EngineError(f"invalid WebAssembly module: {_first_line(exc)}") from None
+        except ValueError as exc:  # WasmFormatError from the meter
+            raise EngineError(f"cannot load the module: {exc}") from None
         with self._cache_lock:
             self._cache[key] = module
             while len(self._cache) > self.CACHE_SIZE:
@@ -181,8 +190,10 @@ class WasmtimeInstance:
             tables=8,
             memories=8,
         )
-        store.set_epoch_deadline(_NO_DEADLINE)
+        if not owner.metered:
+            store.set_epoch_deadline(_NO_DEADLINE)
         self._store = store
+        self._meter: meter.Meter | None = None
         self._closed = False
         self._caller: Any = None  # set while a host function runs: kernel calls go through it
         try:
@@ -193,7 +204,9 @@ class WasmtimeInstance:
                 linker.define_func(
                     hf.module, hf.name, _functype(hf.type), self._trampoline(hf), access_caller=True
                 )
-            if wasi is not None:
+            if wasi is not None and (owner.metered or any(not h for h, _ in wasi.preopens)):
+                self._define_wasi_shim(linker, guest, wasi)
+            elif wasi is not None:
                 cfg = wasmtime.WasiConfig()
                 for host_dir, guest_dir in wasi.preopens:
                     cfg.preopen_dir(host_dir, guest_dir)
@@ -206,6 +219,8 @@ class WasmtimeInstance:
         except wasmtime.WasmtimeError as exc:
             raise EngineError(f"cannot link the plugin: {_first_line(exc)}") from None
         self._guest = self._guarded(lambda: linker.instantiate(store, guest), None)
+        if owner.metered:
+            self._start_meter()
         kexports = self._kernel.exports(store)
         self._kfuncs: dict[str, Any] = {}
         for name, (params, results) in KERNEL_FUNCTIONS.items():
@@ -224,6 +239,54 @@ class WasmtimeInstance:
             self._trap_ref = ctypes.byref(self._trap)
             self._mem_ref = ctypes.byref(self._memory._memory)
         self._refresh()
+
+    def _define_wasi_shim(self, linker: wasmtime.Linker, guest: Any, wasi: WasiSpec) -> None:
+        from agent_core.plugins.wasi import MemFS, WasiShim
+
+        names = {i.name for i in guest.imports if i.module == "wasi_snapshot_preview1"}
+        shim = WasiShim(
+            wasi.fs if wasi.fs is not None else MemFS(),
+            [g for _, g in wasi.preopens],
+            wasi.stdout,
+            wasi.stderr,
+        )
+        store = self._store
+
+        class GuestMemory:
+            def _mem(self_inner) -> wasmtime.Memory:
+                mem = self._guest.exports(store).get("memory")
+                if not isinstance(mem, wasmtime.Memory):
+                    raise WasmTrap("a WASI call needs the guest to export its memory")
+                return mem
+
+            def read(self_inner, offset: int, length: int) -> bytes:
+                return bytes(self_inner._mem().read(store, offset, offset + length))
+
+            def write(self_inner, offset: int, data: bytes) -> None:
+                self_inner._mem().write(store, data, offset)
+
+        shim.bind(GuestMemory())
+        for name, ftype, fn in shim.functions(names):
+            hf = HostFunction("wasi_snapshot_preview1", name, ftype, fn)
+            linker.define_func(
+                hf.module, name, _functype(ftype), self._trampoline(hf), access_caller=True
+            )
+
+    def _start_meter(self) -> None:
+        store = self._store
+        instances = [self._kernel, self._guest]
+        exports = [i.exports(store) for i in instances]
+        intervals = [e[meter.METER_INTERVAL] for e in exports]
+
+        def set_interval(n: int) -> None:
+            for g in intervals:
+                g.set_value(store, wasmtime.Val.i32(n))
+
+        self._meter = m = meter.Meter(set_interval)
+        check = wasmtime.Func(store, wasmtime.FuncType([], []), m.check)
+        for e in exports:
+            e[meter.METER_TABLE].set(store, 0, check)
+            e[meter.METER_COUNTER].set_value(store, wasmtime.Val.i32(m.interval))
 
     def _trampoline(self, hf: HostFunction) -> Any:
         func = hf.func
@@ -335,25 +398,42 @@ class WasmtimeInstance:
     def _guarded(self, fn: Any, timeout_ms: int | None) -> Any:
         """Run `fn` under a deadline and translate wasmtime's errors into the seam's."""
         ticker = self._owner.ticker
-        if timeout_ms is None:
+        if self._owner.metered:
+            if self._meter is not None:
+                self._meter.start(timeout_ms)
+        elif timeout_ms is None:
             self._store.set_epoch_deadline(_NO_DEADLINE)
         else:
             self._store.set_epoch_deadline(max(1, -(-timeout_ms // int(TICK_S * 1000))) + 1)
         ticker.enter()
         try:
             return fn()
-        except wasmtime.ExitTrap as exc:
+        except meter.MeterTimeout:
+            raise WasmTimeout("the plugin ran past its time limit") from None
+        except (wasmtime.ExitTrap, WasiExit) as exc:
             raise WasiExit(exc.code) from None
         except wasmtime.Trap as exc:
+            self._reraise_wasi_exit()
+            if self._meter is not None and self._meter.expired:
+                raise WasmTimeout("the plugin ran past its time limit") from None
             if exc.trap_code == wasmtime.TrapCode.INTERRUPT:
                 raise WasmTimeout("the plugin ran past its time limit") from None
             raise WasmTrap(_trap_message(exc)) from None
         except wasmtime.WasmtimeError as exc:
+            self._reraise_wasi_exit()
+            if self._meter is not None and self._meter.expired:
+                raise WasmTimeout("the plugin ran past its time limit") from None
             raise WasmTrap(_first_line(exc)) from None
         finally:
             ticker.leave()
             if _FAST:
                 _wfunc.LAST_EXCEPTION = None  # a host function's exception, already recorded
+
+    def _reraise_wasi_exit(self) -> None:
+        """The shim's proc_exit raised WasiExit inside a host function: surface it."""
+        if _FAST and isinstance(_wfunc.LAST_EXCEPTION, WasiExit):
+            code = _wfunc.LAST_EXCEPTION.code
+            raise WasiExit(code)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -67,20 +67,12 @@ class Plugin:
             max_http_response_bytes=mem.get("max_http_response_bytes"),
             max_var_bytes=mem.get("max_var_bytes"),
         )
-        preopens: list[tuple[str, str]] = []
-        if manifest.allowed_paths:
-            if host.scratch_root is None:
-                raise PluginError(
-                    f"{manifest.name} asks for files, but this host gives plugins no scratch "
-                    "directory",
-                    "forbidden",
-                )
-            preopens = scratch_preopens(
-                Path(host.scratch_root) / manifest.name, manifest.allowed_paths
-            )
+        # Files: under <scratch_root>/<name> on disk, or in memory when there is no scratch root
+        # (the browser): wasi.MemFS, kept by the plugin's instance.
         self.scratch_dir = (
             None if host.scratch_root is None else Path(host.scratch_root) / manifest.name
         )
+        preopens = scratch_preopens(self.scratch_dir, manifest.allowed_paths)
         self.module = PreparedModule(host.get_engine(), wasm, self.limits, host.user_functions)
         self.instance = PluginInstance(
             self.module,

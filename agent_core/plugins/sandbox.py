@@ -140,10 +140,13 @@ def host_allowed(url: str, allowed_hosts: list[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allowed_hosts)
 
 
-def scratch_preopens(scratch_dir: Path, allowed_paths: Mapping[str, str]) -> list[tuple[str, str]]:
+def scratch_preopens(
+    scratch_dir: Path | None, allowed_paths: Mapping[str, str]
+) -> list[tuple[str, str]]:
     """Map a manifest's `allowed_paths` (scratch-relative host path -> guest path) to host
-    directories, refusing any that would leave the plugin's scratch directory."""
-    root = scratch_dir.resolve()
+    directories, refusing any that would leave the plugin's scratch directory. Without a scratch
+    directory (the browser) the host side is "": the plugin's in-memory file system."""
+    root = None if scratch_dir is None else scratch_dir.resolve()
     out = []
     for rel, guest in allowed_paths.items():
         if os.path.isabs(rel) or ".." in Path(rel).parts:
@@ -152,12 +155,15 @@ def scratch_preopens(scratch_dir: Path, allowed_paths: Mapping[str, str]) -> lis
                 "(use a path relative to it, such as '.')",
                 "forbidden",
             )
+        if not str(guest).startswith("/"):
+            raise PluginError(f"guest path {guest!r} must be absolute", "invalid")
+        if root is None:
+            out.append(("", str(guest)))
+            continue
         host = (root / rel).resolve()
         if host != root and root not in host.parents:
             msg = f"allowed_paths entry {rel!r} leaves the scratch directory"
             raise PluginError(msg, "forbidden")
-        if not str(guest).startswith("/"):
-            raise PluginError(f"guest path {guest!r} must be absolute", "invalid")
         host.mkdir(parents=True, exist_ok=True)
         out.append((str(host), str(guest)))
     return out

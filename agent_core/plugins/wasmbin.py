@@ -17,7 +17,7 @@ PAGE = 65536
 
 # Section ids.
 SEC_CUSTOM, SEC_TYPE, SEC_IMPORT, SEC_FUNCTION, SEC_TABLE, SEC_MEMORY = 0, 1, 2, 3, 4, 5
-SEC_GLOBAL, SEC_EXPORT, SEC_START = 6, 7, 8
+SEC_GLOBAL, SEC_EXPORT, SEC_START, SEC_CODE = 6, 7, 8, 10
 
 VALTYPES = {0x7F: "i32", 0x7E: "i64", 0x7D: "f32", 0x7C: "f64", 0x7B: "v128"}
 KINDS = {0: "func", 1: "table", 2: "memory", 3: "global", 4: "tag"}
