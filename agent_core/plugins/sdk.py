@@ -471,12 +471,22 @@ def run_tests(
         cases = json.loads(Path(cases_file).read_text(encoding="utf-8"))["cases"]
     except (OSError, ValueError, KeyError) as exc:
         raise SdkError(f"cannot read {cases_file}: {exc}") from None
+    default_fn = manifest.tools[0].function if manifest.tools else ""
+    calls = [(c.get("function") or default_fn, _case_input(c)) for c in cases]
+    # Runners with a `batch` method (the JavaScript engine: one Pyodide boot) get all at once.
+    batched = {
+        rn: runner.batch(manifest, wasm, calls)
+        for rn, runner in runners.items()
+        if hasattr(runner, "batch")
+    }
     results = []
     for i, case in enumerate(cases):
         name = case.get("name") or f"case {i + 1}"
-        function = case.get("function") or (manifest.tools[0].function if manifest.tools else "")
-        data = _case_input(case)
-        outcomes = {rn: runner(manifest, wasm, function, data) for rn, runner in runners.items()}
+        function, data = calls[i]
+        outcomes = {
+            rn: batched[rn][i] if rn in batched else runner(manifest, wasm, function, data)
+            for rn, runner in runners.items()
+        }
         problems = []
         for rn, got in outcomes.items():
             if rn in coarse and "error" in case.get("expect", {}):

@@ -1,0 +1,66 @@
+"""Run plugin calls on the JavaScript engine, inside Pyodide: the far side of `js_runner.py`.
+
+    node tests/pyodide/run.mjs --python agent_core/plugins/js_batch.py REQUEST RESPONSE
+
+REQUEST is a JSON file: {"plugins": [{"manifest": {...}, "wasm": "<base64>",
+"calls": [["function", "<base64 input>"], ...]}]}; RESPONSE receives {"results": [[outcome, ...],
+...]} with one outcome per call: {"ok": true, "output": "<base64>"} or {"ok": false, "kind": ...,
+"message": ...}. Each plugin gets one instance for all its calls, as on the other engines.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from typing import Any
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    from agent_core.plugins.engine import default_engine
+    from agent_core.plugins.manifest import Manifest, TrustPolicy, validate
+    from agent_core.plugins.plugin import Plugin, PluginHost
+    from agent_core.plugins.sandbox import PluginError
+
+    engine = default_engine()
+    results = []
+    timings = []
+    for spec in request["plugins"]:
+        manifest = Manifest(validate(spec["manifest"]))
+        wasm = base64.b64decode(spec["wasm"])
+        host = PluginHost(
+            trust=TrustPolicy(trusted_unsigned=frozenset({manifest.name})), engine=engine
+        )
+        outcomes: list[dict[str, Any]] = []
+        plugin = None
+        try:
+            plugin = Plugin(manifest, wasm, host)
+        except PluginError as exc:
+            load_error = {"ok": False, "kind": exc.kind, "message": str(exc)}
+            results.append([load_error for _ in spec["calls"]])
+            continue
+        for function, data in spec["calls"]:
+            t = time.perf_counter()
+            try:
+                out = plugin.call(function, base64.b64decode(data))
+                outcomes.append({"ok": True, "output": base64.b64encode(out).decode()})
+            except PluginError as exc:
+                outcomes.append({"ok": False, "kind": exc.kind, "message": str(exc)})
+            timings.append(time.perf_counter() - t)
+        plugin.close()
+        results.append(outcomes)
+    return {"engine": engine.name, "results": results, "seconds": sum(timings)}
+
+
+def main(argv: list[str]) -> int:
+    with open(argv[1], encoding="utf-8") as f:
+        request = json.load(f)
+    response = run(request)
+    with open(argv[2], "w", encoding="utf-8") as f:
+        json.dump(response, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
