@@ -20,6 +20,7 @@ from agent_core.rpc.frames import (
     encode_chunk,
     encode_envelope,
 )
+from tests.runtime_support import examples
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=50),
@@ -40,7 +41,7 @@ def decode_all(frames: list[bytes], decoder: FrameDecoder | None = None) -> list
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(req_id=st.integers(0, 2**32 - 1), args=st.dictionaries(st.text(max_size=20), json_values))
 def test_envelope_round_trip(req_id: int, args: dict) -> None:
     env = {"id": req_id, "op": "x.y", "args": args}
@@ -58,7 +59,7 @@ def test_large_envelope_is_fragmented_and_reassembled(size: int) -> None:
     assert decode_all(frames) == [env]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(data=st.binary(max_size=3 * MAX_CHUNK_PAYLOAD), req_id=st.integers(0, 2**32 - 1))
 def test_chunk_stream_round_trip(data: bytes, req_id: int) -> None:
     frames = chunk_payload(req_id, data)
@@ -106,7 +107,7 @@ def test_bad_frames(frame: bytes) -> None:
         FrameDecoder().feed(frame)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(frames=st.lists(st.binary(max_size=200), max_size=10))
 def test_random_frames_never_crash(frames: list[bytes]) -> None:
     dec = FrameDecoder(max_envelope=10_000)
@@ -115,7 +116,7 @@ def test_random_frames_never_crash(frames: list[bytes]) -> None:
             dec.feed(f)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     env=st.dictionaries(st.text(max_size=10), json_values, max_size=6),
     pos=st.integers(0, 10_000),

@@ -1,17 +1,19 @@
-"""Noise XX / XXpsk3: our two sides against each other, and against the `noiseprotocol` package."""
+"""Noise XX / XXpsk3: our two sides against each other, and against the `noiseprotocol` package.
+
+Runtime-neutral: on CPython these run on the `cryptography` backend, inside Pyodide on WebCrypto
+(see tests/runtime_support.py). The `noiseprotocol` cross-checks are CPython-only.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from noise.connection import Keypair, NoiseConnection
 
 from agent_core.channel.crypto import CryptoError, DecryptError, KeyPair
-from agent_core.channel.crypto_cpython import CpythonCryptoBackend
 from agent_core.channel.noise import (
     MAX_MESSAGE,
     MAX_NONCE,
@@ -23,17 +25,14 @@ from agent_core.channel.noise import (
     NoiseError,
     Transport,
 )
+from tests.runtime_support import backend, cpython_only, run
 
-BACKEND = CpythonCryptoBackend()
+if TYPE_CHECKING:
+    from noise.connection import NoiseConnection
+
+BACKEND = backend()
 PROLOGUES = {"XX": b"kite.v1", "XXpsk3": b"kite.v1.pair"}
 PATTERNS = sorted(PROLOGUES)
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Drive async code from synchronous tests (no pytest-asyncio)."""
-    return asyncio.run(coro)
 
 
 def new_keypair() -> KeyPair:
@@ -363,8 +362,9 @@ def test_nonce_space_ends_before_the_reserved_value() -> None:
 def test_concurrent_encrypts_take_nonces_in_call_order() -> None:
     """Nonces are allocated before awaiting, so out-of-order completion keeps call order."""
 
-    class SlowBackend(CpythonCryptoBackend):
-        """Every await point stalls longer for earlier calls, so they complete in reverse."""
+    class SlowBackend:
+        """This runtime's backend, but every await point stalls longer for earlier calls, so
+        they complete in reverse."""
 
         calls = 0
 
@@ -375,7 +375,7 @@ def test_concurrent_encrypts_take_nonces_in_call_order() -> None:
 
         async def aead(self, key: bytes) -> Any:
             await self.stall()
-            return SlowCipher(self, await super().aead(key))
+            return SlowCipher(self, await BACKEND.aead(key))
 
     class SlowCipher:
         def __init__(self, backend: SlowBackend, inner: Any) -> None:
@@ -387,7 +387,8 @@ def test_concurrent_encrypts_take_nonces_in_call_order() -> None:
             return await self.inner.encrypt(nonce, ad, plaintext)
 
     key = os.urandom(32)
-    sender, receiver = CipherState(SlowBackend(), key), CipherState(BACKEND, key)
+    sender = CipherState(SlowBackend(), key)  # type: ignore[arg-type]
+    receiver = CipherState(BACKEND, key)
     plaintexts = [b"m%d" % k for k in range(8)]
 
     async def go() -> list[bytes]:
@@ -405,10 +406,23 @@ def test_cipher_state_without_key_passes_data_through() -> None:
     assert cs.n == 0
 
 
-# --- backend --------------------------------------------------------------------------------
+# --- backend ---------------------------------------------------------------------------------
 
 
-def test_backend_private_bytes_round_trip_and_checks() -> None:
+def test_backend_dh_agrees_and_refuses_bad_points_and_keys() -> None:
+    a, b = new_keypair(), new_keypair()
+    assert len(a.public) == 32 and a.public != b.public
+    assert run(BACKEND.dh(a.private, b.public)) == run(BACKEND.dh(b.private, a.public))
+    with pytest.raises(CryptoError):  # a low-order point: the all-zero shared secret
+        run(BACKEND.dh(a.private, bytes(32)))
+    with pytest.raises(CryptoError):
+        run(BACKEND.dh(a.private, b"\x09" * 31))
+    with pytest.raises(CryptoError):
+        run(BACKEND.aead(b"\x00" * 16))
+
+
+@cpython_only
+def test_cpython_backend_private_bytes_round_trip() -> None:
     kp = new_keypair()
     again = BACKEND.keypair_from_private_bytes(BACKEND.private_bytes(kp))
     assert again.public == kp.public
@@ -416,23 +430,20 @@ def test_backend_private_bytes_round_trip_and_checks() -> None:
     assert run(BACKEND.dh(again.private, other.public)) == run(BACKEND.dh(other.private, kp.public))
     with pytest.raises(CryptoError):
         BACKEND.keypair_from_private_bytes(b"\x01" * 31)
-    with pytest.raises(CryptoError):
-        run(BACKEND.dh(kp.private, bytes(32)))
-    with pytest.raises(CryptoError):
-        run(BACKEND.dh(kp.private, b"\x09" * 31))
-    with pytest.raises(CryptoError):
-        run(BACKEND.aead(b"\x00" * 16))
     assert BACKEND.private_bytes(kp).hex() not in repr(kp)
 
 
 # --- interop with the independent `noiseprotocol` package ----------------------------------------
 # noiseprotocol 0.3.1 runs unmodified against cryptography 50 here; its write_message/read_message
 # return bytearray and its encrypt/decrypt refuse anything but bytes, hence the bytes() calls.
+# It needs `cryptography`, which has no Pyodide wheel: these cross-checks run on CPython only.
 
 
 def their_side(
     pattern: str, *, initiator: bool, static: bytes, psk: bytes | None
 ) -> NoiseConnection:
+    from noise.connection import Keypair, NoiseConnection
+
     conn = NoiseConnection.from_name(PROTOCOL_NAMES[pattern])
     if initiator:
         conn.set_as_initiator()
@@ -446,6 +457,7 @@ def their_side(
     return conn
 
 
+@cpython_only
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-initiates", "theirs-initiates"])
 def test_interop_with_noiseprotocol(pattern: str, we_initiate: bool) -> None:
@@ -478,6 +490,7 @@ def test_interop_with_noiseprotocol(pattern: str, we_initiate: bool) -> None:
         assert run(transport.decrypt(theirs.encrypt(data[::-1]))) == data[::-1]
 
 
+@cpython_only
 def test_interop_wrong_psk_fails_on_our_responder() -> None:
     ours = HandshakeState(
         BACKEND,

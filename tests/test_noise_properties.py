@@ -2,6 +2,7 @@
 
 "Cleanly" means only `NoiseError` or `CryptoError` (which includes `DecryptError`): the channel
 code catches exactly those to close a connection, so any other exception type would be a crash.
+Runtime-neutral: inside Pyodide they run on the WebCrypto backend, with fewer examples.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from hypothesis import strategies as st
 
 from agent_core.channel.crypto import CryptoError
 from agent_core.channel.noise import MAX_MESSAGE, HandshakeState, NoiseError
-from tests.test_noise import PATTERNS, connected, exchange, new_pair, run
+from tests.runtime_support import examples, run
+from tests.test_noise import PATTERNS, connected, exchange, new_pair
 
 REFUSALS = (NoiseError, CryptoError)
-BOUNDED = settings(max_examples=200, deadline=None)
+BOUNDED = settings(max_examples=examples(200), deadline=None)
 
 patterns = st.sampled_from(PATTERNS)
 blobs = st.binary(max_size=2048)

@@ -1,0 +1,44 @@
+"""Which runtime agent_core is on, and the platform implementations that go with it.
+
+agent_core imports only the standard library at import time, so the choice between the CPython
+implementations (`cryptography`, `websockets`) and the Pyodide ones (WebCrypto, the JS
+``WebSocket``) is made here, lazily, inside the functions: importing this module loads neither.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent_core.channel.crypto import CryptoBackend
+    from agent_core.transport.base import ByteTransport
+
+IS_PYODIDE = sys.platform == "emscripten"
+"""True under Pyodide (WebAssembly, in a browser or in Node), where there are no sockets or
+``cryptography`` and every I/O call goes through JavaScript."""
+
+
+def default_crypto_backend() -> CryptoBackend:
+    """Return this runtime's `CryptoBackend`: WebCrypto under Pyodide, `cryptography` on CPython."""
+    if IS_PYODIDE:
+        from agent_core.channel.crypto_webcrypto import WebCryptoBackend
+
+        return WebCryptoBackend()
+    from agent_core.channel.crypto_cpython import CpythonCryptoBackend
+
+    return CpythonCryptoBackend()
+
+
+async def open_transport(url: str, subprotocol: str) -> ByteTransport:
+    """Open a WebSocket to ``url`` offering exactly ``subprotocol``, with this runtime's client.
+
+    Raises `ConnectionError` (`TransportClosed` or ``HandshakeRejected``) when it cannot connect.
+    """
+    if IS_PYODIDE:
+        from agent_core.transport.ws_browser import open_browser_websocket
+
+        return await open_browser_websocket(url, subprotocol)
+    from agent_core.transport.ws_cpython import open_websocket
+
+    return await open_websocket(url, subprotocol)
