@@ -30,6 +30,7 @@ from agent_core.llm.types import (
     ToolSpec,
     TurnEnd,
 )
+from agent_core.rpc.errors import RpcError
 from tests.model_server import ScriptedModelServer, ToolCall, Turn
 
 KEY = "sk-direct-test-key"
@@ -517,3 +518,53 @@ def test_llm_package_imports_only_the_standard_library() -> None:
     repo = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# -- the bridge route's client side, with a fake KiteClient ----------------------------------
+
+
+class FakeKiteClient:
+    """Answers `model.stream` like a bridge would, or fails like one."""
+
+    def __init__(self, error: RpcError | None = None, body: bytes = b"", status: int = 200):
+        self.error, self.body, self.status = error, body, status
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(self, op: str, args: dict[str, Any], *, on_event: Any, on_chunk: Any) -> Any:
+        self.calls.append((op, args))
+        if self.error is not None:
+            raise self.error
+        headers = {"content-type": "text/event-stream"}
+        on_event("response", {"status": self.status, "headers": headers})
+        on_chunk(self.body, True)
+        return {"status": self.status, "headers": headers, "bytes": len(self.body)}
+
+
+def test_bridge_route_maps_bridge_refusals_and_failures() -> None:
+    async def main() -> None:
+        refused = FakeKiteClient(RpcError("EACCES", "no openai API key is configured on the host"))
+        sleeps = Sleeps()
+        p = make_provider("openai/m", client=refused, sleep=sleeps)
+        with pytest.raises(ProviderError) as exc:
+            await collect(p, request())
+        assert not exc.value.retryable and "no openai API key" in str(exc.value)
+        assert sleeps.delays == [] and len(refused.calls) == 1
+        op, args = refused.calls[0]
+        assert op == "model.stream" and args["provider"] == "openai"
+        assert args["path"] == "/v1/chat/completions" and args["body"]["model"] == "m"
+
+        old = FakeKiteClient(RpcError("EUNSUPPORTED", "unknown op 'model.stream'"))
+        with pytest.raises(ProviderError, match="upgrade"):
+            await collect(make_provider("openai/m", client=old), request())
+
+        down = FakeKiteClient(RpcError("EIO", "cannot reach the openai API"))
+        with pytest.raises(ProviderError) as exc:
+            await collect(make_provider("openai/m", client=down, sleep=Sleeps()), request())
+        assert exc.value.retryable and len(down.calls) == 3
+
+        sse = b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+        ok = FakeKiteClient(body=sse + b"data: [DONE]\n\n")
+        events = await collect(make_provider("openai/m", client=ok), request())
+        assert events[-1].message.text() == "hi"  # type: ignore[union-attr]
+
+    asyncio.run(main())
