@@ -568,3 +568,14 @@ def test_bridge_route_maps_bridge_refusals_and_failures() -> None:
         assert events[-1].message.text() == "hi"  # type: ignore[union-attr]
 
     asyncio.run(main())
+
+
+def test_closing_an_unread_body_releases_the_connection() -> None:
+    async def body(srv: ScriptedModelServer) -> None:
+        http = AsyncioHttpClient()
+        resp = await http.stream("POST", srv.base_url + "/v1/messages", {}, b'{"stream": true}')
+        assert resp.status == 200
+        await resp.body.aclose()  # type: ignore[attr-defined]  # never iterated
+        assert await asyncio.to_thread(srv.client_gone.wait, 10)
+
+    run([Turn(text="unread", hang=True)], body)

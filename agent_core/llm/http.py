@@ -40,7 +40,7 @@ import email.utils
 import json
 import sys
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
@@ -82,7 +82,30 @@ class HttpError(ConnectionError):
 class HttpResponse(NamedTuple):
     status: int
     headers: dict[str, str]  # lower-case names
-    body: AsyncIterator[bytes]  # an async generator: consume it or `aclose()` it
+    body: AsyncIterator[bytes]  # has `aclose()`: consume the body to its end, or close it
+
+
+class _Body:
+    """A response body: iterates a generator; `aclose()` also releases the connection when the
+    body was never started (closing an unstarted generator does not run its `finally`)."""
+
+    def __init__(
+        self, gen: AsyncGenerator[bytes, None], release: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._gen = gen
+        self._release = release
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._gen.aclose()
+        finally:
+            await self._release()
 
 
 class HttpClient(Protocol):
@@ -268,8 +291,13 @@ class AsyncioHttpClient:
         finally:
             if not ok:
                 writer.transport.abort()
+
+        async def release() -> None:
+            if not writer.transport.is_closing():
+                writer.transport.abort()
+
         body_iter = self._body(reader, writer, resp_headers, method, status, origin)
-        return HttpResponse(status, resp_headers, body_iter)
+        return HttpResponse(status, resp_headers, _Body(body_iter, release))
 
     # Timeouts use `asyncio.timeout`, not `wait_for`: on Python 3.11, `wait_for` drops a
     # cancellation that arrives as the read completes, and a cancelled turn must close its socket.
@@ -471,7 +499,13 @@ class BridgeHttpClient:
             raise HttpError("the bridge sent a malformed model.stream response event")
         raw_headers = data.get("headers") or {}
         resp_headers = {str(k).lower(): str(v) for k, v in raw_headers.items()}
-        return HttpResponse(status, resp_headers, self._body(call, queue))
+
+        async def release() -> None:
+            if not call.done():
+                call.cancel()  # KiteClient.call sends `cancel`; the bridge closes upstream
+                await asyncio.wait({call})
+
+        return HttpResponse(status, resp_headers, _Body(self._body(call, queue), release))
 
     async def _body(
         self, call: asyncio.Task[dict[str, Any]], queue: asyncio.Queue[Any]
@@ -489,7 +523,7 @@ class BridgeHttpClient:
                 )
         finally:
             if not call.done():
-                call.cancel()  # KiteClient.call sends `cancel`; the bridge closes upstream
+                call.cancel()
                 await asyncio.wait({call})
 
     @staticmethod
