@@ -7,9 +7,10 @@ the body as it arrives. That is the whole `HttpClient` interface:
 
 - `headers` (request) is a dict; response headers come back with lower-case names (repeated
   headers joined with ", ").
-- `body_iterator` is an async generator of `bytes` pieces, in whatever sizes the network gives.
-  The caller either consumes it to the end or calls `aclose()` on it (`contextlib.aclosing`);
-  closing it, or cancelling the task reading it, closes the connection at once.
+- `body_iterator` is an async iterator of `bytes` pieces, in whatever sizes the network gives,
+  with an `aclose()` method. The caller consumes it to the end or closes it
+  (`contextlib.aclosing`); closing it — even unread — or cancelling the task reading it closes
+  the connection at once.
 - Failures raise `HttpError` (connect, TLS, timeout, a body cut short). `retryable` says whether
   trying again later may help. A non-2xx status is not an exception: the adapter turns the
   status and error body into a `ProviderError`.
@@ -22,6 +23,7 @@ Implementations:
   cancelled turn closes its socket immediately (a blocked thread cannot be interrupted), there is
   no thread per stream, and the bridge can use the same code without ever blocking its loop.
   `ssl` is imported only when an https URL is used (under Pyodide it is a separate package).
+  Timeouts: 30 s to connect, 600 s of silence between reads (long reasoning pauses).
 - `BridgeHttpClient` (any runtime): the same call through the bridge's `model.stream` op, for
   URLs `bridge://<provider>/<api path>`. The host picks the base URL and adds the key, so the
   device never holds it; see that class and docs/protocol.md.
