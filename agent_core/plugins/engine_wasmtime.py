@@ -9,8 +9,9 @@ Calls into the guest go through wasmtime's unchecked call API (`wasmtime_func_ca
 the public `Func.__call__` re-reads the function type and boxes every value, ~40 µs a call here,
 against ~3 µs unchecked. It is safe because the host checked every export's signature (`() -> i32`
 or `() -> ()`) before calling it. Kernel memory is read through a memoryview over the linear
-memory; memories never move (`memory_may_move = False`), so a view only needs widening after the
-memory grew.
+memory, re-taken whenever the memory's size changed (a grown memory may have moved): after every
+call into wasm and when a host function starts. (`memory_may_move = False` would make views
+stable, but it doubles the cost of creating and dropping a store.)
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ try:  # The fast call path uses wasmtime-py's ctypes bindings; fall back to Func
     from wasmtime import _bindings as _b
     from wasmtime import _ffi as _ffi
     from wasmtime import _func as _wfunc
+    from wasmtime._extern import wrap_extern as _wrap_extern
 
     _call_unchecked = _b._wasmtime_func_call_unchecked
+    _export_get = _b._wasmtime_instance_export_get
     _mem_data = _b._wasmtime_memory_data
     _mem_size = _b._wasmtime_memory_data_size
     _RAW2 = _ffi.wasmtime_val_raw_t * 2
@@ -119,7 +122,6 @@ class WasmtimeEngine:
         self.metered = metered
         config = wasmtime.Config()
         config.epoch_interruption = not metered
-        config.memory_may_move = False
         self.engine = wasmtime.Engine(config)
         self.ticker = _Ticker(self.engine)
         self._cache: OrderedDict[bytes, wasmtime.Module] = OrderedDict()
@@ -196,8 +198,18 @@ class WasmtimeInstance:
         self._meter: meter.Meter | None = None
         self._closed = False
         self._caller: Any = None  # set while a host function runs: kernel calls go through it
+        self._view = memoryview(b"")
         try:
             self._kernel = wasmtime.Instance(store, kernel, [])
+            self._kfuncs: dict[str, Any] = {}
+            self._memory: wasmtime.Memory = self._export(self._kernel, "memory")
+            if _FAST:
+                self._ctx = store._context()
+                self._raw = _RAW2()
+                self._kraw = _RAW2()  # kernel calls may happen inside a guest call
+                self._trap = _TRAP_PTR()
+                self._trap_ref = ctypes.byref(self._trap)
+                self._mem_ref = ctypes.byref(self._memory._memory)
             linker = wasmtime.Linker(owner.engine)
             linker.define_instance(store, "extism:host/env", self._kernel)
             for hf in host_functions:
@@ -221,23 +233,7 @@ class WasmtimeInstance:
         self._guest = self._guarded(lambda: linker.instantiate(store, guest), None)
         if owner.metered:
             self._start_meter()
-        kexports = self._kernel.exports(store)
-        self._kfuncs: dict[str, Any] = {}
-        for name, (params, results) in KERNEL_FUNCTIONS.items():
-            self._kfuncs[name] = (kexports[name], len(params), results[0] if results else None)
-        self._memory: wasmtime.Memory = kexports["memory"]
-        self._memories = [self._memory] + [
-            e for e in self._guest.exports(store).values() if isinstance(e, wasmtime.Memory)
-        ]
         self._gfuncs: dict[str, Any] = {}
-        self._view = memoryview(b"")
-        if _FAST:
-            self._ctx = store._context()
-            self._raw = _RAW2()
-            self._kraw = _RAW2()  # kernel calls may happen inside a guest call
-            self._trap = _TRAP_PTR()
-            self._trap_ref = ctypes.byref(self._trap)
-            self._mem_ref = ctypes.byref(self._memory._memory)
         self._refresh()
 
     def _define_wasi_shim(self, linker: wasmtime.Linker, guest: Any, wasi: WasiSpec) -> None:
@@ -294,6 +290,7 @@ class WasmtimeInstance:
         def call(caller: Any, *args: Any) -> Any:
             outer = self._caller
             self._caller = caller
+            self._refresh()  # the guest may have grown the kernel's memory before calling us
             try:
                 return func(*args)
             finally:
@@ -301,13 +298,27 @@ class WasmtimeInstance:
 
         return call
 
+    def _export(self, instance: wasmtime.Instance, name: str) -> Any:
+        """One export by name (InstanceExports would enumerate them all: ~5 µs each)."""
+        if not _FAST:
+            return instance.exports(self._store).get(name)
+        item = _ffi.wasmtime_extern_t()
+        raw = name.encode()
+        ctx = self._store._context() if self._caller is None else self._caller._context()
+        if not _export_get(
+            ctx, ctypes.byref(instance._instance), raw, len(raw), ctypes.byref(item)
+        ):
+            return None
+        return _wrap_extern(item)
+
     # -- memory ----------------------------------------------------------------------------
 
     def _refresh(self) -> memoryview:
         if _FAST:
-            size = _mem_size(self._ctx, self._mem_ref)
+            ctx = self._ctx if self._caller is None else self._caller._context()
+            size = _mem_size(ctx, self._mem_ref)
             if size != len(self._view):
-                addr = ctypes.cast(_mem_data(self._ctx, self._mem_ref), ctypes.c_void_p).value
+                addr = ctypes.cast(_mem_data(ctx, self._mem_ref), ctypes.c_void_p).value
                 self._view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B")
         else:
             size = self._memory.data_len(self._store)
@@ -345,21 +356,32 @@ class WasmtimeInstance:
         return len(self._refresh())
 
     def memory_sizes(self) -> list[int]:
-        return [m.data_len(self._store) for m in self._memories]
+        guest = [
+            e for e in self._guest.exports(self._store).values() if isinstance(e, wasmtime.Memory)
+        ]
+        return [m.data_len(self._store) for m in [self._memory, *guest]]
 
     # -- calls -----------------------------------------------------------------------------
 
     def kernel(self, name: str, *args: int) -> int | None:
         self._check_open()
-        func, nparams, result = self._kfuncs[name]
+        entry = self._kfuncs.get(name)
+        if entry is None:
+            params, results = KERNEL_FUNCTIONS[name]
+            func = self._export(self._kernel, name)
+            entry = self._kfuncs[name] = (func, len(params), results[0] if results else None)
+        func, nparams, result = entry
         if len(args) != nparams:
             raise TypeError(f"kernel {name} takes {nparams} arguments")
         if not _FAST:
-            return func(self._caller or self._store, *args)
+            result = func(self._caller or self._store, *args)
+            self._refresh()
+            return result
         raw = self._kraw
         for i, a in enumerate(args):  # every kernel parameter the host passes is an i64
             raw[i].i64 = a - (1 << 64) if a >= 1 << 63 else a
         self._raw_call(func, raw)
+        self._refresh()
         if result is None:
             return None
         return raw[0].i64 & 0xFFFF_FFFF_FFFF_FFFF if result == "i64" else raw[0].i32
@@ -379,7 +401,7 @@ class WasmtimeInstance:
         self._check_open()
         func = self._gfuncs.get(name)
         if func is None:
-            func = self._guest.exports(self._store).get(name)
+            func = self._export(self._guest, name)
             if not isinstance(func, wasmtime.Func):
                 raise EngineError(f"the plugin has no function {name!r}")
             nres = len(func.type(self._store).results)
@@ -426,6 +448,7 @@ class WasmtimeInstance:
             raise WasmTrap(_first_line(exc)) from None
         finally:
             ticker.leave()
+            self._refresh()
             if _FAST:
                 _wfunc.LAST_EXCEPTION = None  # a host function's exception, already recorded
 
