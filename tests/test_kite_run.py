@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from agent_core.channel.crypto_cpython import CpythonCryptoBackend
-from bridge.devices import device_id
-from tests.harness import REPO, BridgeProcess, kite
+from agent_core.pairing import make_link
+from bridge.devices import Device, Registry, device_id
+from bridge.statedir import load_or_create_host_key
+from tests.harness import REPO, BridgeProcess
 
 README = "# Demo project\nTODO: write the docs\n"
 
@@ -77,25 +79,44 @@ def project(tmp_path: Path) -> tuple[Path, Path]:
     return ws, tmp_path / "state"
 
 
+def devices(state: Path) -> list[Device]:
+    reg = Registry(state)
+    try:
+        return reg.list()
+    finally:
+        reg.close()
+
+
+def pairing_link(state: Path, url: str) -> str:
+    reg = Registry(state)
+    try:
+        secret, _ = reg.new_pairing_secret()
+    finally:
+        reg.close()
+    host = CpythonCryptoBackend().keypair_from_private_bytes(load_or_create_host_key(state))
+    return make_link(url, secret, host.public)
+
+
 def last_line(text: str) -> str:
     return text.strip().split("\n")[-1]
 
 
 def test_read_ls_and_natural_forms_without_a_model(project: tuple[Path, Path]) -> None:
     ws, state = project
-    r = kite_run("/read README.md", cwd=ws, state=state)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == README  # the final answer alone on stdout
-    # The CLI registered its own device key (0600) in the state dir's registry.
-    assert (state / "cli_device_key").stat().st_mode & 0o777 == 0o600
-    devices = json.loads(kite("devices", "list", "--json", state_dir=state).stdout)
-    assert [d["name"].split(" (")[0] for d in devices] == ["kite cli"]
-    assert not (state / "bridge.json").exists()  # the in-process bridge cleaned up
+    piped = start("-", cwd=ws, state=state.parent / "piped", stdin="")  # message from stdin
+    first = start("/read README.md", cwd=ws, state=state)
     ls, opened, search, listed = kite_runs(
         [("/ls",), ("open", "README.md"), ("search for TODO",), ("list files in src",)],
         cwd=ws,
         state=state,
     )
+    r = finish(first)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == README  # the final answer alone on stdout
+    # The CLI registered its own device key (0600) in the state dir's registry.
+    assert (state / "cli_device_key").stat().st_mode & 0o777 == 0o600
+    assert [d.name.split(" (")[0] for d in devices(state)] == ["kite cli"]
+    assert not (state / "bridge.json").exists()  # the in-process bridge cleaned up
     assert ls.returncode == 0 and ls.stdout.splitlines() == [
         "./",
         "  src/",
@@ -107,7 +128,7 @@ def test_read_ls_and_natural_forms_without_a_model(project: tuple[Path, Path]) -
     assert "README.md:\n  Line 2: TODO: write the docs" in search.stdout
     assert "src/cli.py:\n  Line 1: import sys  # TODO: --verbose" in search.stdout
     assert listed.returncode == 0 and listed.stdout.splitlines() == ["src/", "  cli.py"]
-    r = kite_run("-", cwd=ws, state=state, stdin="/grep verbose\n")  # the message from stdin
+    r = finish(piped, "/grep verbose\n")
     assert r.returncode == 0 and "Line 1: import sys  # TODO: --verbose" in r.stdout
 
 
@@ -166,7 +187,7 @@ def test_running_bridge_on_the_state_dir_and_remote_after_pairing(
         elsewhere.mkdir()
         client_state = tmp_path / "client-state"
         local = start("/read README.md", cwd=elsewhere, state=state)
-        link = bridge.pair_url()
+        link = pairing_link(state, bridge.url)  # what `kite pair` prints
         remote = start("--bridge", link, "/read README.md", cwd=elsewhere, state=client_state)
         r = finish(local)
         assert r.returncode == 0, r.stderr
@@ -192,13 +213,15 @@ def test_running_bridge_on_the_state_dir_and_remote_after_pairing(
         r = finish(unknown)
         assert r.returncode == 1 and "not paired with" in last_line(r.stderr)
         # Revoking the CLI's device locks it out, with a one-line reason.
-        names = [
-            d["name"] for d in json.loads(kite("devices", "list", "--json", state_dir=state).stdout)
-        ]
-        assert [n.split(" (")[0] for n in names] == ["kite cli", "kite cli"]  # local + paired
+        names = [d.name.split(" (")[0] for d in devices(state)]
+        assert names == ["kite cli", "kite cli"]  # the local CLI key and the paired one
         raw = base64.b64decode((state / "cli_device_key").read_bytes())
         public = CpythonCryptoBackend().keypair_from_private_bytes(raw).public
-        kite("devices", "revoke", device_id(public), state_dir=state)
+        reg = Registry(state)
+        try:
+            assert reg.revoke(device_id(public)) is not None
+        finally:
+            reg.close()
         r = kite_run("/ls", cwd=ws, state=state)
         assert r.returncode == 1 and "revoked" in last_line(r.stderr)
         assert r.stderr.count("\n") == 1
