@@ -2,12 +2,23 @@
 
 websockets answers these from `process_request`; each response closes its connection, which is
 fine for a loopback or LAN PWA whose assets the service worker caches after the first visit.
+
+The app (built by ``build.py``, see docs/web.md) gets:
+- ``Cache-Control: immutable`` for files under content-hashed directories (``app/<hash>/``,
+  ``pyodide/<hash>/``, ``py/<hash>/``): their URL changes whenever their bytes do; ``no-cache``
+  (revalidate) for the rest (``index.html``, ``sw.js``, the manifest), so a new build shows up;
+- the ``.br``/``.gz`` copy build.py wrote, when the request's ``Accept-Encoding`` allows it;
+- a strict CSP: scripts, workers, styles only from the bridge itself (no inline script), WebAssembly
+  compilation allowed (``'wasm-unsafe-eval'``, Pyodide needs it), and connections only to the
+  bridge's own origin and its ``ws``/``wss`` form. No COOP/COEP beyond same-origin opener: Pyodide
+  needs no ``SharedArrayBuffer`` here, and ``require-corp`` would buy nothing for a same-origin app.
 """
 
 from __future__ import annotations
 
 import html
 import mimetypes
+import re
 from pathlib import Path
 
 from websockets.datastructures import Headers
@@ -38,18 +49,46 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 STATUS_CSP = "default-src 'none'; style-src 'unsafe-inline'"
+HASHED = re.compile(r"^(app|pyodide|py)/[0-9a-f]{16}/")
+"""Paths under a content-hashed directory of build.py's output: safe to cache forever."""
+IMMUTABLE = "public, max-age=31536000, immutable"
+ENCODINGS = ((".br", "br"), (".gz", "gzip"))
+
+
+def app_csp(host: str | None) -> str:
+    """The web app's Content-Security-Policy; `host` is the request's (already vetted) Host."""
+    connect = "'self'"
+    if host and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
+        connect += f" ws://{host} wss://{host}"
+    return (
+        "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
+        f"style-src 'self'; img-src 'self' data:; connect-src {connect}; manifest-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+def _accepts(accept_encoding: str, coding: str) -> bool:
+    """True if `coding` is listed in Accept-Encoding without q=0."""
+    for part in accept_encoding.lower().split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() in (coding, "*"):
+            q = params.replace(" ", "")
+            try:
+                return not q.startswith("q=") or float(q[2:]) > 0
+            except ValueError:
+                return False
+    return False
 
 
 def response(
     status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None
 ) -> Response:
+    values = {"Content-Type": content_type, "Content-Length": str(len(body))}
+    values["Cache-Control"] = "no-store"
+    values.update(SECURITY_HEADERS)
+    values.update(extra or {})  # websockets' Headers appends on assignment: merge first
     headers = Headers()
-    headers["Content-Type"] = content_type
-    headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-store"
-    for k, v in SECURITY_HEADERS.items():
-        headers[k] = v
-    for k, v in (extra or {}).items():
+    for k, v in values.items():
         headers[k] = v
     reasons = {
         200: "OK",
@@ -82,8 +121,13 @@ with <code>kite run</code> / <code>kite chat</code> from a terminal.</p>
     )
 
 
-def serve_static(web_dir: Path | None, path: str, workspace_name: str) -> Response:
-    """GET a file of the built web app; never anything outside `web_dir`."""
+def serve_static(
+    web_dir: Path | None, path: str, workspace_name: str, headers: Headers | None = None
+) -> Response:
+    """GET a file of the built web app; never anything outside `web_dir`.
+
+    `headers` (the request's) enable precompressed responses and the ws/wss CSP source.
+    """
     path = path.split("?", 1)[0].split("#", 1)[0]
     if web_dir is None or not (web_dir / "index.html").is_file():
         if path in ("/", "/index.html"):
@@ -101,4 +145,17 @@ def serve_static(web_dir: Path | None, path: str, workspace_name: str) -> Respon
         or mimetypes.guess_type(target.name)[0]
         or "application/octet-stream"
     )
-    return response(200, target.read_bytes(), ctype)
+    extra = {
+        "Cache-Control": IMMUTABLE if HASHED.match(rel) else "no-cache",
+        "Content-Security-Policy": app_csp(headers.get("Host") if headers else None),
+        "Vary": "Accept-Encoding",
+    }
+    if rel == "sw.js":
+        extra["Service-Worker-Allowed"] = "/"
+    accept = headers.get("Accept-Encoding", "") if headers else ""
+    for suffix, coding in ENCODINGS:
+        packed = target.with_name(target.name + suffix)
+        if accept and _accepts(accept, coding) and packed.is_file():
+            extra["Content-Encoding"] = coding
+            return response(200, packed.read_bytes(), ctype, extra)
+    return response(200, target.read_bytes(), ctype, extra)

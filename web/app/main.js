@@ -1,0 +1,182 @@
+// The page: starts the Python worker, shows boot progress and connection state, renders the
+// chat from the worker's messages. No framework: the DOM is small and every update is local.
+
+const BOOT_TIMEOUT_MS = 90_000;
+const $ = (id) => document.getElementById(id);
+const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
+const root = document.documentElement;
+
+const STATE_TEXT = {
+  booting: "Starting…",
+  pairing: "Pairing…",
+  ready: "Connected",
+  offline: "Offline",
+  error: "Error",
+};
+
+function setState(state, detail = "") {
+  root.dataset.kiteState = state;
+  $("status-text").textContent = STATE_TEXT[state] || state;
+  $("status").title = detail;
+  if (state === "error") {
+    const box = $("boot-error");
+    box.textContent = detail || "Something went wrong.";
+    box.hidden = false;
+  }
+  $("send").disabled = state !== "ready";
+}
+
+// -- pairing link: read it once, then wipe the secret from the address bar and history ------
+function takePairingLink() {
+  const hash = location.hash;
+  if (!hash.includes("pair=")) return null;
+  const link = location.href;
+  history.replaceState(null, "", location.pathname + location.search);
+  return link;
+}
+
+// -- chat rendering ----------------------------------------------------------------------------
+const log = $("log");
+let current = null; // the assistant bubble being streamed
+const tools = new Map();
+
+function item(cls, text = "") {
+  const li = document.createElement("li");
+  li.className = cls;
+  if (text) li.textContent = text;
+  log.append(li);
+  li.scrollIntoView({ block: "end" });
+  return li;
+}
+
+function toolCard(msg) {
+  const li = item("tool");
+  const head = document.createElement("div");
+  head.className = "tool-head";
+  head.textContent = `${msg.name} ${summarize(msg.args)}`;
+  const out = document.createElement("pre");
+  out.className = "tool-out";
+  li.append(head, out);
+  tools.set(msg.id, { li, head, out });
+}
+
+function summarize(args) {
+  if (!args) return "";
+  const v = args.path || args.command || args.pattern || "";
+  return typeof v === "string" ? v : JSON.stringify(args);
+}
+
+function approvalPrompt(msg) {
+  const li = item("approve");
+  li.setAttribute("role", "group");
+  li.setAttribute("aria-label", "Approval needed");
+  const p = document.createElement("p");
+  p.textContent = msg.title || `${msg.permission}: ${(msg.patterns || []).join(", ")}`;
+  li.append(p);
+  if (msg.diff) {
+    const pre = document.createElement("pre");
+    pre.textContent = msg.diff;
+    li.append(pre);
+  }
+  for (const [label, ok] of [["Approve", true], ["Reject", false]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    b.className = ok ? "primary" : "";
+    b.onclick = () => {
+      worker.postMessage({ type: "approve", id: msg.id, ok });
+      li.querySelectorAll("button").forEach((x) => (x.disabled = true));
+      li.classList.add(ok ? "approved" : "rejected");
+    };
+    li.append(b);
+  }
+}
+
+const handlers = {
+  progress(msg) {
+    $("boot-progress").value = msg.value;
+    $("boot-label").textContent = msg.label;
+  },
+  booted(msg) {
+    clearTimeout(bootTimer);
+    $("boot-progress").value = 1;
+    $("boot").hidden = true;
+    window.kiteTimings = msg.timings;
+    console.info("kite boot", msg.timings);
+  },
+  state(msg) {
+    setState(msg.state, msg.detail);
+  },
+  delta(msg) {
+    if (!current) current = item("assistant");
+    current.textContent += msg.text;
+  },
+  assistant(msg) {
+    if (!current && msg.text) item("assistant", msg.text);
+    current = null;
+  },
+  tool(msg) {
+    current = null;
+    toolCard(msg);
+  },
+  tool_output(msg) {
+    const t = tools.get(msg.id);
+    if (t) t.out.textContent += msg.text;
+  },
+  tool_done(msg) {
+    const t = tools.get(msg.id);
+    if (!t) return;
+    t.li.classList.add(msg.status === "ok" ? "ok" : "failed");
+    if (msg.title) t.head.textContent = msg.title;
+    t.out.textContent = msg.diff || msg.output;
+  },
+  approve(msg) {
+    approvalPrompt(msg);
+  },
+  finished(msg) {
+    current = null;
+    if (msg.error) item("error", msg.error);
+    $("message").disabled = false;
+  },
+};
+
+// -- boot ------------------------------------------------------------------------------------------
+setState("booting");
+const link = takePairingLink();
+if ("serviceWorker" in navigator) {
+  navigator.serviceWorker.register("sw.js").catch((err) => console.warn("service worker:", err));
+}
+
+const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
+worker.onmessage = (e) => (handlers[e.data.type] || (() => {}))(e.data);
+worker.onerror = (e) => setState("error", `the Python runtime failed: ${e.message || "worker error"}`);
+const bootTimer = setTimeout(() => {
+  if (root.dataset.kiteState === "booting") {
+    setState("error", `the Python runtime did not start within ${BOOT_TIMEOUT_MS / 1000} s`);
+    worker.terminate();
+  }
+}, BOOT_TIMEOUT_MS);
+// Creep the bar while Pyodide downloads and compiles (it reports no byte progress of its own).
+const creep = setInterval(() => {
+  const bar = $("boot-progress");
+  if (root.dataset.kiteState !== "booting" || bar.value >= 0.7) return clearInterval(creep);
+  bar.value = Math.min(0.7, bar.value + 0.01);
+}, 200);
+worker.postMessage({ type: "boot", pyodide: meta("kite-pyodide"), py: meta("kite-py"), link });
+
+// -- composer --------------------------------------------------------------------------------------
+const box = $("message");
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = box.value.trim();
+  if (!text || root.dataset.kiteState !== "ready") return;
+  item("user", text);
+  box.value = "";
+  worker.postMessage({ type: "submit", text });
+});
+box.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
