@@ -126,6 +126,9 @@ def test_local_commands_through_the_loop(bk: BridgeKey, ws: Path) -> None:
     assert "README.md:\n  Line 2: TODO: write docs" in grep.text
     assert refused.reason == "end_turn" and "--yes" in refused.text
     assert [(r.tool, r.subject) for r in refused.refusals] == [("bash", "echo hi")]
+    (ws / "n.txt").write_text("".join(f"{i}\n" for i in range(1, 31)))
+    (part,) = _run(bk, "/read n.txt 3-5")
+    assert part.text == "3\n4\n5\n\n(lines 3-5 of 30; more: /read n.txt 6)"
     (ran,) = _run(bk, "/run echo hi", yes=True)
     assert ran.text == "hi\n\n(exit code 0)" and ran.refusals == []
 

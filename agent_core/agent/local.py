@@ -359,6 +359,12 @@ class LocalProvider:
                 body = _strip_numbers(body)
                 if "\n(End of file: " in body:  # a whole file shows as itself
                     body = body.rsplit("\n(End of file: ", 1)[0].rstrip("\n")
+                path = c.arguments.get("file_path", "")
+                body = re.sub(  # the model's hint, as the command a person would type
+                    r"\(Showing lines (\d+)-(\d+) of (\d+)\. Use offset=(\d+) to read more\.\)",
+                    lambda m, p=path: f"(lines {m[1]}-{m[2]} of {m[3]}; more: /read {p} {m[4]})",
+                    body,
+                )
             if r.is_error:
                 body = f"{c.name} failed: {body}"
             if c.name == "bash" and not r.is_error and "tests_run" in c.id:
