@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -313,6 +314,9 @@ class ScriptedModelServer:
         head += "connection: close\r\n\r\n"
         wire = head.encode() + b"".join(pieces)
         step = turn.split or len(wire)
+        sock = writer.get_extra_info("socket")
+        if turn.split and sock is not None:  # no Nagle: small writes leave as small segments
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for i in range(0, len(wire), step):
             writer.write(wire[i : i + step])
             await writer.drain()

@@ -182,7 +182,7 @@ def test_the_same_task_via_the_bridge_and_direct(setup: Setup, fmt: str) -> None
     srv = setup.srv
 
     async def main() -> None:
-        srv.script(task_script(split=7))
+        srv.script(task_script(split=13))
         async with connect(setup) as (client, tap):
             via_bridge = await run_task(make_provider(f"{fmt}/model-x", client=client))
         bridge_requests = list(srv.requests)

@@ -81,7 +81,7 @@ def test_direct_turn_with_parallel_calls_then_answer(fmt: str) -> None:
             text="Looking at both.",
             tool_calls=[ToolCall("ls", {"path": "src"}), ToolCall("ls", {"path": "tests"})],
             interleave=True,
-            split=5,  # the wire bytes (chunk-size lines included) in 5-byte writes
+            split=9,  # the wire bytes (chunk-size lines included) in 9-byte writes
             usage=(50, 20),
         ),
         Turn(text="There are 2 directories."),
@@ -129,7 +129,7 @@ def test_direct_turn_with_parallel_calls_then_answer(fmt: str) -> None:
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("framing", ["chunked", "close", "length"])
 def test_every_body_framing_and_crlf(fmt: str, framing: str) -> None:
-    turns = [Turn(text="one two", framing=framing, crlf=True, split=3)]  # type: ignore[arg-type]
+    turns = [Turn(text="one two", framing=framing, crlf=True, split=20)]  # type: ignore[arg-type]
 
     async def body(srv: ScriptedModelServer) -> None:
         events = await collect(provider(fmt, srv), request())

@@ -84,7 +84,7 @@ _field = st.tuples(st.sampled_from(["data", "event", "id", ": comment", "retry"]
 _events = st.lists(st.lists(_field, min_size=1, max_size=4), max_size=6)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     events=_events,
     eol=st.sampled_from(["\n", "\r\n", "\r"]),
