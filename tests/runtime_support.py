@@ -29,10 +29,11 @@ PYODIDE_EXAMPLES_DIVISOR = 8
 
 MIN_EXAMPLES = 20
 
-cpython_only = pytest.mark.skipif(
-    IS_PYODIDE, reason="CPython-only: needs `cryptography` or `noiseprotocol` (no Pyodide wheel)"
-)
-pyodide_only = pytest.mark.skipif(not IS_PYODIDE, reason="runs inside Pyodide (tests/pyodide)")
+
+def cpython_only(why: str) -> pytest.MarkDecorator:
+    """Skip under Pyodide, saying why the test cannot run there (tests/test_pyodide_suite.py
+    accepts only skips whose reason starts with "CPython-only")."""
+    return pytest.mark.skipif(IS_PYODIDE, reason=f"CPython-only: {why}")
 
 
 def backend() -> CryptoBackend:

@@ -421,7 +421,7 @@ def test_backend_dh_agrees_and_refuses_bad_points_and_keys() -> None:
         run(BACKEND.aead(b"\x00" * 16))
 
 
-@cpython_only
+@cpython_only("raw private bytes exist only on the `cryptography` backend")
 def test_cpython_backend_private_bytes_round_trip() -> None:
     kp = new_keypair()
     again = BACKEND.keypair_from_private_bytes(BACKEND.private_bytes(kp))
@@ -437,6 +437,7 @@ def test_cpython_backend_private_bytes_round_trip() -> None:
 # noiseprotocol 0.3.1 runs unmodified against cryptography 50 here; its write_message/read_message
 # return bytearray and its encrypt/decrypt refuse anything but bytes, hence the bytes() calls.
 # It needs `cryptography`, which has no Pyodide wheel: these cross-checks run on CPython only.
+NOISEPROTOCOL = "the `noiseprotocol` cross-check needs `cryptography` (no Pyodide wheel)"
 
 
 def their_side(
@@ -457,7 +458,7 @@ def their_side(
     return conn
 
 
-@cpython_only
+@cpython_only(NOISEPROTOCOL)
 @pytest.mark.parametrize("pattern", PATTERNS)
 @pytest.mark.parametrize("we_initiate", [True, False], ids=["ours-initiates", "theirs-initiates"])
 def test_interop_with_noiseprotocol(pattern: str, we_initiate: bool) -> None:
@@ -490,7 +491,7 @@ def test_interop_with_noiseprotocol(pattern: str, we_initiate: bool) -> None:
         assert run(transport.decrypt(theirs.encrypt(data[::-1]))) == data[::-1]
 
 
-@cpython_only
+@cpython_only(NOISEPROTOCOL)
 def test_interop_wrong_psk_fails_on_our_responder() -> None:
     ours = HandshakeState(
         BACKEND,

@@ -86,7 +86,7 @@ def run_node(node: str, pair_url: str) -> tuple[int, str, str]:
     """Run the in-Pyodide suite; kill its whole process group if it hangs."""
     env = dict(os.environ, KITE_PAIR_URL=pair_url)
     proc = subprocess.Popen(
-        [node, str(RUNNER), "-rA"],
+        [node, str(RUNNER), "-rfEsp"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -104,7 +104,7 @@ def run_node(node: str, pair_url: str) -> tuple[int, str, str]:
 
 
 def parse_report(out: str) -> tuple[dict[str, int], set[str], list[str]]:
-    """pytest's final counts, the ids reported PASSED (``-rA``), and the skip reasons."""
+    """pytest's final counts, the ids reported PASSED (``-rp``), and the skip reasons."""
     summaries = SUMMARY.findall(out)
     assert summaries, f"no pytest summary line in the Pyodide output:\n{out[-4000:]}"
     counts = {}

@@ -65,7 +65,7 @@ print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} - allowed)))
 """
 
 
-@cpython_only
+@cpython_only("runs a fresh interpreter in a subprocess")
 def test_neutral_modules_load_only_the_standard_library() -> None:
     modules = neutral_modules()
     assert "agent_core.runtime" in modules and "agent_core.client" in modules
@@ -111,7 +111,7 @@ def test_runtime_is_detected() -> None:
     assert len(kp.public) == 32
 
 
-@cpython_only
+@cpython_only("the websockets client")
 def test_open_transport_on_cpython_uses_websockets() -> None:
     """`open_transport` opens a websockets client offering the subprotocol; bytes round-trip."""
     from websockets.asyncio.server import serve
