@@ -312,6 +312,10 @@ class PluginInstance:
             self.log = CallLog()
             self._host_error = None
             self._http_status = 0
+            exchange = getattr(self._inst, "exchange", None)
+            if exchange is not None:  # engines where each crossing is costly (Pyodide)
+                rc, root = self._run_exchange(exchange, function, data)
+                return self._finish(function, rc, root)
             self._begin(data)
             rc = self._run(function)
             return self._finish(function, rc)
@@ -320,13 +324,42 @@ class PluginInstance:
             if function == "_start":
                 self.close()  # a WASI command's state is spent after `_start`, as in Extism
 
-    def _run(self, function: str, init_phase: bool = False) -> int | None:
+    def _run_exchange(
+        self, exchange: Callable[..., tuple[int, bytes]], function: str, data: bytes
+    ) -> tuple[int | None, tuple[int, ...] | None]:
+        """`_begin` + `_run` in one engine call, when the engine offers `exchange`."""
+        n = len(data)
+        cap = K.block_capacity(n)
+        if n:
+            block = K.ROOT.pack(K.FIRST_HANDLE + cap, K.FIRST_HANDLE, n, 0, 0, 0, 0)
+            block += K.HEADER.pack(cap, n) + data
+        else:
+            block = K.ROOT.pack(K.HEAP, 0, 0, 0, 0, 0, 0)
+        holder: list[tuple[int, bytes]] = []
+
+        def call(name: str, timeout: int | None) -> int:
+            holder.append(exchange(name, K.ROOT_OFFSET, block, timeout))
+            return holder[0][0]
+
+        try:
+            rc = self._run(function, runner=call)
+        except IndexError:  # the input does not fit the kernel's memory yet: grow, slow path
+            self._begin(data)
+            return self._run(function), None
+        return rc, K.ROOT.unpack(holder[0][1])
+
+    def _run(
+        self,
+        function: str,
+        init_phase: bool = False,
+        runner: Callable[[str, int | None], int | None] | None = None,
+    ) -> int | None:
         inst = self._inst
         assert inst is not None
         timeout = self.limits.timeout_ms
         self._deadline = time.monotonic() + timeout / 1000
         try:
-            return inst.call(function, timeout)
+            return (runner or inst.call)(function, timeout)
         except WasmTimeout:
             self.close()
             raise PluginError(
@@ -389,17 +422,18 @@ class PluginInstance:
             inst.kernel("input_set", handle, n)
             inst.write(handle, data)
 
-    def _finish(self, function: str, rc: int | None) -> bytes:
+    def _finish(self, function: str, rc: int | None, root: tuple[int, ...] | None = None) -> bytes:
         inst = self._inst
         assert inst is not None
-        error = self._error_message()
-        if error is not None:
-            raise PluginError(f"{self.name}.{function}: {error}", "error")
+        if root is None:
+            root = K.ROOT.unpack(inst.read(K.ROOT_OFFSET, K.ROOT.size))  # one read for all
+        _end, _ioff, _ilen, out_off, out_len, err, _free = root
+        if err:
+            error = self._error_message(root)
+            if error is not None:
+                raise PluginError(f"{self.name}.{function}: {error}", "error")
         if rc:
             raise PluginError(f"{self.name}.{function} returned error code {rc}", "error")
-        _end, _ioff, _ilen, out_off, out_len, _err, _free = K.ROOT.unpack(
-            inst.read(K.ROOT_OFFSET, K.ROOT.size)
-        )
         if out_len > self.limits.max_output_bytes:
             raise PluginError(
                 f"{self.name}.{function} produced {out_len} bytes of output, over the limit of "
@@ -414,13 +448,15 @@ class PluginInstance:
             msg = f"{self.name}.{function} set an invalid output range"
             raise PluginError(msg, "trap") from None
 
-    def _error_message(self) -> str | None:
+    def _error_message(self, root: tuple[int, ...] | None = None) -> str | None:
         """The guest's error message, if it set one (Extism: a non-empty block)."""
         inst = self._inst
         if inst is None:
             return None
         try:
-            end, *_rest, err, _free = K.ROOT.unpack(inst.read(K.ROOT_OFFSET, K.ROOT.size))
+            if root is None:
+                root = K.ROOT.unpack(inst.read(K.ROOT_OFFSET, K.ROOT.size))
+            end, *_rest, err, _free = root
             if err == 0:
                 return None
             length = self._block_length(err, end)
