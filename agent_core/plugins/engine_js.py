@@ -88,7 +88,7 @@ def _trampoline_module() -> bytes:
 # Every Python -> JS crossing costs microseconds under Pyodide; this saves a dozen per call.
 _EXCHANGE_JS = """
 (memory, fn, offset, data) => {
-  if (offset + data.length > memory.buffer.byteLength) return null;
+  if (offset + data.length > memory.buffer.byteLength) return undefined;
   new Uint8Array(memory.buffer, offset, data.length).set(data);
   const rc = fn();
   const out = new Uint8Array(60);
@@ -343,7 +343,7 @@ class JsInstance:
             out = self._exchange(self._memory, fn, offset, to_js(data))
         except BaseException as exc:
             self._raise(exc)
-        if out is None:
+        if out is None or not hasattr(out, "to_bytes"):  # undefined (or a JS null)
             raise IndexError("write outside the kernel memory")
         raw = out.to_bytes()
         return int.from_bytes(raw[:4], "little", signed=True), raw[4:]
