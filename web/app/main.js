@@ -24,6 +24,12 @@ function setState(state, detail = "") {
     box.hidden = false;
   }
   $("send").disabled = state !== "ready";
+  // Offline/pairing/error explain themselves in a banner; "ready" needs none.
+  const notice = $("notice");
+  const show = state === "offline" || state === "pairing" || (state === "error" && $("boot").hidden);
+  notice.hidden = !show;
+  notice.className = state;
+  notice.textContent = show ? `${STATE_TEXT[state]}: ${detail}` : "";
 }
 
 // -- pairing link: read it once, then wipe the secret from the address bar and history ------
