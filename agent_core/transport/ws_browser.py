@@ -131,6 +131,7 @@ async def open_browser_websocket(
     try:
         await asyncio.wait_for(asyncio.shield(opened), timeout)
     except BaseException as exc:
+        opened.cancel()  # a late open/error/close event must not set it (nobody would read it)
         ws.close()
         _release(ws, proxies)
         if isinstance(exc, TimeoutError):
