@@ -5,7 +5,7 @@
 
 (or, with no JSPI, ``await measure()`` from ``pyodide.runPythonAsync``). Both sides of the
 handshake run here, so one "handshake" is 3 messages written and read, with
-2 ephemeral key generations and 5 DHs per side (10 in all). Prints one JSON line.
+one ephemeral key generation and 3 DHs per side (ee, es, se). Prints one JSON line.
 """
 
 from __future__ import annotations
