@@ -387,3 +387,14 @@ async def _tools_for_the_agent(tmp_path: Path) -> None:
         await tools["todo_scan"].call({"txt": 1})
     # the untrusted ones (attacks, echo) are reported, not loaded
     assert {e.kind for e in errors} == {"untrusted"}
+    # as a tool of the agent loop
+    from agent_core.agent.tools import ToolRegistry, execute
+
+    registry = ToolRegistry([t.as_agent_tool() for t in tools.values()])
+    args, err = registry.prepare("json_format", {"text": "{}"})
+    assert err is None
+    result = await execute(registry.get("json_format"), args, None)
+    assert result.status == "ok" and json.loads(result.output)["valid"] is True
+    result = await execute(registry.get("json_format"), {"text": "[]", "indent": 99}, None)
+    assert result.status == "error" and result.metadata["kind"] == "error"
+    assert "indent" in result.output

@@ -381,3 +381,58 @@ def _wasi_exit_code(exc: BaseException) -> int | None:
         except ValueError:
             return None
     return None
+
+
+class XhrHttpClient:
+    """`http_request` in the browser: synchronous XMLHttpRequest, which a Web Worker allows (the
+    plugin is blocked in a host call, so the request must complete before returning).
+
+    The host has already checked the allowlist; XHR follows redirects by itself, so the final
+    URL is checked afterwards and the response dropped if it left the allowed hosts. The browser's
+    CORS rules apply on top. Not available under Node (no XMLHttpRequest): there plugins get
+    "HTTP is not available". Not exercised by the test suite, which runs under Node.
+    """
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        headers: Any,
+        body: bytes | None,
+        timeout_s: float,
+        max_bytes: int,
+        allowed_hosts: list[str],
+    ) -> Any:
+        from js import XMLHttpRequest  # type: ignore[import-not-found]
+
+        from agent_core.plugins.sandbox import HttpResponse, PluginError, host_allowed
+
+        xhr = XMLHttpRequest.new()
+        try:
+            xhr.open(method, url, False)
+            xhr.responseType = "arraybuffer"
+            xhr.timeout = max(1, int(timeout_s * 1000))
+            for key, value in headers.items():
+                xhr.setRequestHeader(key, value)
+            xhr.send(to_js(body) if body else None)
+        except Exception as exc:
+            raise PluginError(
+                f"HTTP request to {url} failed: {_trap_message(exc)}", "error"
+            ) from None
+        final = str(xhr.responseURL or url)
+        if not host_allowed(final, allowed_hosts):
+            raise PluginError(
+                f"HTTP redirect to {final} is not allowed (host not in allowed_hosts)", "forbidden"
+            )
+        data = Uint8Array.new(xhr.response).to_bytes() if xhr.response else b""
+        if len(data) > max_bytes:
+            raise PluginError(
+                f"HTTP response from {url} exceeds the plugin's limit of {max_bytes} bytes",
+                "too_big",
+            )
+        hdrs = {}
+        for line in str(xhr.getAllResponseHeaders() or "").splitlines():
+            key, _, value = line.partition(":")
+            if key:
+                hdrs[key.strip().lower()] = value.strip()
+        return HttpResponse(int(xhr.status), data, hdrs)

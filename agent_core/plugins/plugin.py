@@ -156,6 +156,26 @@ class PluginTool:
             return self.call_sync(args)
         return await asyncio.to_thread(self.call_sync, args)
 
+    def as_agent_tool(self) -> Any:
+        """This tool as an `agent_core.agent.tools.Tool` for the agent loop's registry.
+
+        A plugin failure becomes an error result the model reads (`PluginError`'s message, its
+        kind in the metadata). Plugins are sandboxed, so no permission is asked; calls to one
+        plugin are serialised by the plugin itself ("read" scheduling is safe).
+        """
+        from agent_core.agent.tools.base import Tool, ToolResult
+
+        async def run(args: dict[str, Any], ctx: Any) -> Any:
+            meta = {"plugin": self.plugin.name, "version": self.plugin.version}
+            try:
+                out = await self.call(args)
+            except PluginError as exc:
+                meta.update(kind=exc.kind, code=exc.code)
+                return ToolResult(str(exc), title=self.name, metadata=meta, status="error")
+            return ToolResult(out, title=self.name, metadata=meta)
+
+        return Tool(spec=self.spec(), run=run, kind="read")
+
 
 def discover(dirs: Iterable[Path]) -> list[Path]:
     """Installed plugin directories (each holds a kite-plugin.json), first directory first;
