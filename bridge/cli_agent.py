@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime
 import json
 import os
 import signal
@@ -569,16 +570,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args, text, config))
 
 
+async def _host_info(conn: Connection) -> dict[str, Any]:
+    from agent_core.rpc.errors import RpcError
+
+    try:
+        return dict(await conn.client.call("sys.info", timeout=10))
+    except (RpcError, TimeoutError):
+        return {}
+
+
 def _build_agent(
     args: argparse.Namespace,
     config: dict[str, Any],
     conn: Connection,
     renderer: Renderer,
     prompter: Prompter | None,
+    info: dict[str, Any],
 ) -> Agent:
     from agent_core.agent.events import Retrying
     from agent_core.agent.local import LocalProvider
-    from agent_core.agent.loop import Agent, LoopConfig
+    from agent_core.agent.loop import Agent, LoopConfig, system_prompt
     from agent_core.agent.permissions import PermissionGate
     from agent_core.agent.session import Session
 
@@ -598,7 +609,11 @@ def _build_agent(
         conn.client,
         session=Session(),
         gate=gate,
-        config=LoopConfig(model=model, max_steps=max_steps),
+        config=LoopConfig(
+            model=model,
+            max_steps=max_steps,
+            system=system_prompt(info, datetime.date.today().isoformat()),
+        ),
         on_event=renderer,
         ask_user=prompter.questions if prompter else None,
         command_provider=LocalProvider(),
@@ -624,7 +639,7 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
     prompter = Prompter(renderer, LineReader()) if args.interactive else None
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
-        agent = _build_agent(args, config, conn, renderer, prompter)
+        agent = _build_agent(args, config, conn, renderer, prompter, await _host_info(conn))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, agent.abort)
@@ -687,7 +702,7 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
     prompter = Prompter(renderer, reader)
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
-        agent = _build_agent(args, config, conn, renderer, prompter)
+        agent = _build_agent(args, config, conn, renderer, prompter, await _host_info(conn))
         spec = _model_spec(args, config)
         where = conn.workspace or conn.url
         renderer.err.print(

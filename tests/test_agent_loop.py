@@ -27,6 +27,7 @@ from agent_core.agent.events import (
 )
 from agent_core.agent.loop import (
     LAST_STEP_NOTE,
+    SYSTEM_PROMPT,
     Agent,
     AgentLoop,
     CallModel,
@@ -34,6 +35,7 @@ from agent_core.agent.loop import (
     LoopConfig,
     RunTools,
     Wait,
+    system_prompt,
 )
 from agent_core.agent.permissions import (
     PermissionGate,
@@ -201,6 +203,19 @@ def test_last_step_offers_no_tools_and_ends_with_max_steps() -> None:
     done = loop.next_action()
     assert isinstance(done, Done) and done.reason == "max_steps"
     assert loop.session.messages[-1].parts[0].content.startswith("not run: the step limit")
+
+
+def test_system_prompt_says_what_the_host_allows() -> None:
+    info = {"workspace": "proj", "policy": {"read_only": True, "exec_enabled": False}}
+    text = system_prompt(info, "2026-01-02")
+    assert text.startswith(SYSTEM_PROMPT)
+    assert text.endswith(
+        "Workspace: proj (on the user's machine, via the bridge)\n"
+        "The host is read-only: files cannot be changed.\n"
+        "The host does not allow commands: bash is unavailable.\n"
+        "Today: 2026-01-02"
+    )
+    assert system_prompt() == SYSTEM_PROMPT
 
 
 def test_abort_answers_every_call_and_events_are_ordered() -> None:

@@ -258,4 +258,6 @@ def test_kite_run_with_a_model_through_the_bridge_relay(tmp_path: Path) -> None:
                 m["role"] == "tool" and "verbose True" in m["content"] for m in last["messages"]
             )
             assert last["model"] == "gpt-test"
+            system = str(last["messages"][0]["content"])  # what the host said about itself
+            assert last["messages"][0]["role"] == "system" and "Workspace: ws" in system
             assert "sk-relay-test" not in r.stdout + r.stderr

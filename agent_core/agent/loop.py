@@ -73,6 +73,24 @@ that run there: read, list, glob and grep to look, edit, write and apply_patch t
 - Plan multi-step work with todowrite. Ask the user with question only when the choice is theirs.
 - Be concise. When done, say what you changed and how you verified it."""
 
+
+def system_prompt(info: dict[str, Any] | None = None, today: str | None = None) -> str:
+    """The system prompt plus what the host said about itself (`sys.info`): the workspace and
+    what its policy allows, so the model does not try what the host will refuse."""
+    lines = []
+    if info:
+        if info.get("workspace"):
+            lines.append(f"Workspace: {info['workspace']} (on the user's machine, via the bridge)")
+        policy = info.get("policy") or {}
+        if policy.get("read_only"):
+            lines.append("The host is read-only: files cannot be changed.")
+        if policy.get("exec_enabled") is False:
+            lines.append("The host does not allow commands: bash is unavailable.")
+    if today:
+        lines.append(f"Today: {today}")
+    return SYSTEM_PROMPT + ("\n\n" + "\n".join(lines) if lines else "")
+
+
 LAST_STEP_NOTE = (
     "\n\nThis is the last step allowed for this task: tools are no longer available. Reply with "
     "text only: what was done, what remains, and how to continue."
