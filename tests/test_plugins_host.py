@@ -398,3 +398,43 @@ async def _tools_for_the_agent(tmp_path: Path) -> None:
     result = await execute(registry.get("json_format"), {"text": "[]", "indent": 99}, None)
     assert result.status == "error" and result.metadata["kind"] == "error"
     assert "indent" in result.output
+
+
+def test_host_run_plugins_through_the_bridge_ops(tmp_path) -> None:
+    from agent_core.plugins import remote
+    from agent_core.rpc.errors import RpcError
+
+    src = built("json_fmt")
+    dest = tmp_path / "json_fmt"
+    shutil.copytree(src, dest)
+    raw = json.loads((dest / "kite-plugin.json").read_text())
+    raw["run_on"] = "host"
+    (dest / "kite-plugin.json").write_text(json.dumps(raw))
+    plugin = Plugin.load(dest, _host(tmp_path, trusted_unsigned=frozenset({"json_fmt"})))
+    loaded = {plugin.name: plugin}
+
+    class FakeBridge:  # what the bridge's op handlers would do, minus the wire
+        async def call(self, op, args=None):
+            if op == remote.OP_LIST:
+                return remote.handle_list(loaded)
+            try:
+                return await remote.handle_call(loaded, args)
+            except RpcError as exc:  # as it arrives on the device
+                raise RpcError.from_wire(exc.to_wire()) from None
+
+    async def scenario() -> None:
+        tools = {t.name: t for t in await remote.remote_tools(FakeBridge())}
+        assert set(tools) == {"json_format", "json_validate"}
+        fmt = tools["json_format"]
+        assert fmt.run_on == "host" and fmt.schema["required"] == ["text"]
+        assert json.loads(await fmt.call({"text": "[]"})) == {"valid": True, "formatted": "[]"}
+        with pytest.raises(PluginError, match="indent") as exc:
+            await fmt.call({"text": "[]", "indent": 99})
+        assert exc.value.kind == "error"
+        result = await fmt.as_agent_tool().run({"text": "{"}, None)
+        assert result.status == "ok" and json.loads(result.output)["valid"] is False
+        with pytest.raises(RpcError) as err:
+            await remote.handle_call(loaded, {"plugin": "nope", "tool": "x"})
+        assert err.value.code == "ENOENT"
+
+    asyncio.run(scenario())
