@@ -377,7 +377,7 @@ def test_host_configuration_sources(tmp_path: Path) -> None:
 @settings(max_examples=150, deadline=None)
 @given(
     # keys are lower-case letters, digits, '-' and '_' (never overlapping the marker)
-    secret=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=12).map(
+    secret=st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=12, max_size=24).map(
         str.encode
     ),
     pieces=st.lists(st.binary(max_size=20), max_size=8),
@@ -402,11 +402,18 @@ def test_redactor_on_any_split(
 
 
 def test_redactor_holds_back_only_a_possible_key_prefix() -> None:
-    r = model_ops.Redactor([b"sk-secret"])
+    r = model_ops.Redactor([b"sk-secret-0123"])
     assert r.feed(b"data: {}\n\n") == b"data: {}\n\n"  # nothing delayed at event ends
     assert r.feed(b"key sk-se") == b"key "
-    assert r.feed(b"cret!") == b"[REDACTED]!"
+    assert r.feed(b"cret-0123!") == b"[REDACTED]!"
     assert r.feed(b"sk") == b"" and r.flush() == b"sk"
+
+
+def test_short_placeholder_keys_are_not_redacted() -> None:
+    """A local server's placeholder key ("ollama", "k") is no secret; redacting it would
+    corrupt ordinary text such as "tokens"."""
+    r = model_ops.Redactor([b"k", b"ollama"])
+    assert r.feed(b"tokens from ollama") + r.flush() == b"tokens from ollama"
 
 
 class _Ctx:

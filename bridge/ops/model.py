@@ -222,8 +222,14 @@ class Redactor:
     """Replaces secrets in a byte stream cut at arbitrary points, holding back only a tail that
     could be the start of a secret (SSE events end in a newline, so nothing is delayed)."""
 
+    # Real API keys are long random strings. A short value (a local server's placeholder such
+    # as "ollama", or "k") is no secret, and replacing it would corrupt ordinary model output.
+    MIN_SECRET_LEN = 12
+
     def __init__(self, secrets: list[bytes]) -> None:
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.secrets = sorted(
+            {s for s in secrets if len(s) >= self.MIN_SECRET_LEN}, key=len, reverse=True
+        )
         self._held = b""
 
     def feed(self, data: bytes) -> bytes:
