@@ -108,6 +108,7 @@ const handlers = {
     $("boot-progress").value = 1;
     $("boot").hidden = true;
     window.kiteTimings = msg.timings;
+    registerServiceWorker();
     console.info("kite boot", msg.timings);
   },
   state(msg) {
@@ -149,8 +150,12 @@ const handlers = {
 // -- boot ------------------------------------------------------------------------------------------
 setState("booting");
 const link = takePairingLink();
-if ("serviceWorker" in navigator) {
-  navigator.serviceWorker.register("sw.js").catch((err) => console.warn("service worker:", err));
+// The service worker is registered once Python is up: its precache then reads the big files
+// from the HTTP cache (they are immutable) instead of downloading them a second time in parallel.
+function registerServiceWorker() {
+  if ("serviceWorker" in navigator) {
+    navigator.serviceWorker.register("sw.js").catch((err) => console.warn("service worker:", err));
+  }
 }
 
 const worker = new Worker(new URL("worker.js", import.meta.url), { type: "module" });
