@@ -136,6 +136,19 @@ def test_pair_read_offline(bridge: BridgeProcess, browser: object, tmp_path: Pat
     page.screenshot(path=str(SHOTS / "chat-390x844.png"))
     page.set_viewport_size({"width": 1280, "height": 800})
     page.screenshot(path=str(SHOTS / "chat-1280x800.png"))
+    # An "ask" permission (bash) becomes an Approve/Reject prompt; output streams into the card.
+    box.fill("/run echo kite-approved-$((40+2))")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("group", name="Approval needed").get_by_role("button", name="Approve").click()
+    page.locator(".tool.ok .tool-out", has_text="kite-approved-42").wait_for(timeout=30_000)
+    box.fill("/run echo should-not-run")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("group", name="Approval needed").last.get_by_role(
+        "button", name="Reject"
+    ).click()
+    page.locator(".tool.failed").first.wait_for(timeout=30_000)
+    assert page.locator(".tool-out", has_text="should-not-run\n").count() == 0
+    page.screenshot(path=str(SHOTS / "approve-1280x800.png"))
     timings = page.evaluate("window.kiteTimings")
     print(f"first boot to ready: {boot_s:.1f} s; worker timings {timings}")
 

@@ -73,29 +73,41 @@ function summarize(args) {
 }
 
 function approvalPrompt(msg) {
-  const li = item("approve");
-  li.setAttribute("role", "group");
-  li.setAttribute("aria-label", "Approval needed");
+  // Inside the tool call's card when there is one: the question sits next to what it is about.
+  const card = tools.get(msg.id);
+  const box = document.createElement("div");
+  box.className = "approve";
+  box.setAttribute("role", "group");
+  box.setAttribute("aria-label", "Approval needed");
+  if (card) card.li.insertBefore(box, card.out);
+  else item("tool").append(box);
   const p = document.createElement("p");
   p.textContent = msg.title || `${msg.permission}: ${(msg.patterns || []).join(", ")}`;
-  li.append(p);
+  box.append(p);
   if (msg.diff) {
     const pre = document.createElement("pre");
     pre.textContent = msg.diff;
-    li.append(pre);
+    box.append(pre);
   }
+  const buttons = [];
   for (const [label, ok] of [["Approve", true], ["Reject", false]]) {
     const b = document.createElement("button");
     b.type = "button";
     b.textContent = label;
-    b.className = ok ? "primary" : "";
+    if (ok) b.className = "primary";
     b.onclick = () => {
       worker.postMessage({ type: "approve", id: msg.id, ok });
-      li.querySelectorAll("button").forEach((x) => (x.disabled = true));
-      li.classList.add(ok ? "approved" : "rejected");
+      buttons.forEach((x) => x.remove());
+      const note = document.createElement("span");
+      note.className = ok ? "approved" : "rejected";
+      note.textContent = ok ? "Approved" : "Rejected";
+      p.append(" — ", note);
     };
-    li.append(b);
+    buttons.push(b);
+    box.append(b);
   }
+  buttons[0].focus();
+  box.scrollIntoView({ block: "end" });
 }
 
 const handlers = {
