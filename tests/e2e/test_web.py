@@ -170,3 +170,21 @@ def test_pair_read_offline(bridge: BridgeProcess, browser: object, tmp_path: Pat
     assert outside == [], f"requests left 127.0.0.1: {outside}"
     assert origin in page.url
     context.close()
+
+
+def test_runtime_failure_is_an_error_not_a_hang(bridge: BridgeProcess, browser: object) -> None:
+    """The wasm cannot be fetched: the page shows `error` with a reason, and stays usable."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, color_scheme="dark")  # type: ignore[attr-defined]
+    context.route("**/pyodide.asm.wasm", lambda route: route.abort())
+    page = context.new_page()
+    page.goto(f"http://127.0.0.1:{bridge.port}/?boot_timeout_s=20")
+    deadline = time.monotonic() + BOOT_S
+    while page.evaluate("document.documentElement.dataset.kiteState") != "error":
+        assert time.monotonic() < deadline, "no error state"
+        time.sleep(0.1)
+    alert = page.get_by_role("alert").filter(has_text="")
+    assert any(a.is_visible() and "did not start" in a.inner_text() for a in alert.all())
+    assert page.evaluate("1 + 1") == 2  # the page's thread is not stuck
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "error-dark-390x844.png"))
+    context.close()

@@ -1,7 +1,8 @@
 // The page: starts the Python worker, shows boot progress and connection state, renders the
 // chat from the worker's messages. No framework: the DOM is small and every update is local.
 
-const BOOT_TIMEOUT_MS = 90_000;
+// Boot gives up (state "error") after this; `?boot_timeout_s=N` overrides it (tests, slow phones).
+const BOOT_TIMEOUT_MS = (Number(new URLSearchParams(location.search).get("boot_timeout_s")) || 90) * 1000;
 const $ = (id) => document.getElementById(id);
 const meta = (name) => document.querySelector(`meta[name="${name}"]`).content;
 const root = document.documentElement;
@@ -22,6 +23,7 @@ function setState(state, detail = "") {
     const box = $("boot-error");
     box.textContent = detail || "Something went wrong.";
     box.hidden = false;
+    $("boot-label").textContent = "Kite could not start. Reload to try again.";
   }
   $("send").disabled = state !== "ready";
   // Offline/pairing/error explain themselves in a banner; "ready" needs none.
