@@ -97,7 +97,9 @@ def _wait_state(page: object, states: tuple[str, ...], timeout_s: float = BOOT_S
     raise AssertionError(f"state stayed {last!r}, wanted {states}")
 
 
-def test_pair_read_offline(bridge: BridgeProcess, browser: object, tmp_path: Path) -> None:
+def test_pair_read_offline(
+    bridge: BridgeProcess, browser: object, tmp_path: Path, web_dir: Path
+) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     origin = f"http://127.0.0.1:{bridge.port}"
     pair_url = bridge.pair_url()
@@ -159,9 +161,19 @@ def test_pair_read_offline(bridge: BridgeProcess, browser: object, tmp_path: Pat
     warm = page.evaluate("window.kiteTimings")
     print(f"warm reload to ready: {time.monotonic() - t1:.1f} s; worker timings {warm}")
 
-    # Offline: network cut and the bridge gone; the service worker boots the app.
+    # The bridge restarts: the live page notices (offline), then reconnects by itself (XX).
     page.evaluate("navigator.serviceWorker.ready.then(() => true)")
     bridge.stop()
+    _wait_state(page, ("offline",), 30)
+    again = BridgeProcess(
+        bridge.workspace, bridge.state_dir, "--web-dir", str(web_dir), "--port", str(bridge.port)
+    )
+    try:
+        _wait_state(page, ("ready",), 60)
+    finally:
+        again.stop()
+
+    # Offline: network cut and the bridge gone; the service worker boots the app.
     context.set_offline(True)
     page.reload()
     assert _wait_state(page, ("offline",)) == "offline"
