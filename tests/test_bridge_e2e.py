@@ -184,12 +184,21 @@ def test_missing_or_unknown_subprotocol_is_400(bridge: BridgeProcess) -> None:
     assert raw_upgrade(bridge.port, f"127.0.0.1:{bridge.port}", "chat") == 400
 
 
-def test_status_page_is_served(bridge: BridgeProcess) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", bridge.port, timeout=5)
-    conn.request("GET", "/")
-    resp = conn.getresponse()
-    assert resp.status == 200
-    assert b"Kite bridge" in resp.read()
+def test_status_page_is_served_without_a_built_app(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "no-app").mkdir()
+    b = BridgeProcess(tmp_path / "ws", tmp_path / "state", "--web-dir", str(tmp_path / "no-app"))
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert b"Kite bridge" in resp.read()
+        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=5)
+        conn.request("GET", "/../state/host_key")
+        assert conn.getresponse().status == 404
+    finally:
+        b.stop()
 
 
 # -- refusals in the handshake -----------------------------------------------------------
