@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,7 @@ pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
 
 @pytest.fixture(scope="module")
 def web_dir() -> Path:
+    sys.path.insert(0, str(REPO))  # build.py lives at the top of the repo
     import build
 
     out = REPO / "dist" / "web"
