@@ -579,6 +579,38 @@ async def _host_info(conn: Connection) -> dict[str, Any]:
         return {}
 
 
+async def _tool_registry(args: argparse.Namespace, conn: Connection, renderer: Renderer) -> Any:
+    """The built-in tools plus installed Wasm plugins: device-run ones loaded here (the CLI is on
+    the host, so it reads the installed plugins directly), host-run ones through `plugin.call`."""
+    from agent_core.agent.tools import default_registry
+    from agent_core.agent.tools.base import ToolRegistry
+    from agent_core.plugins.remote import remote_tools
+    from agent_core.rpc.errors import RpcError
+    from bridge import statedir
+    from bridge.cli_plugin import load_installed
+
+    tools = list(default_registry().tools.values())
+    plugin_tools: list[Any] = []
+    workspace = Path(conn.workspace) if conn.workspace else Path.cwd()
+    try:
+        plugins, errors = load_installed(workspace, statedir.resolve_state_dir(args.state_dir))
+    except Exception as exc:  # a broken plugin setup must not stop the agent
+        plugins, errors = [], [exc]
+    for err in errors:
+        renderer.err.print(f"[yellow]kite: plugin not loaded: {err}[/]", markup=True)
+    plugin_tools += [t for p in plugins if p.manifest.run_on != "host" for t in p.tools()]
+    with contextlib.suppress(RpcError, TimeoutError):
+        plugin_tools += await remote_tools(conn.client)
+    taken = {t.name for t in tools}
+    for tool in plugin_tools:
+        if tool.name in taken:
+            renderer.err.print(f"kite: plugin tool {tool.name!r} shadows another tool; skipped")
+            continue
+        taken.add(tool.name)
+        tools.append(tool.as_agent_tool())
+    return ToolRegistry(tools)
+
+
 def _build_agent(
     args: argparse.Namespace,
     config: dict[str, Any],
@@ -586,6 +618,7 @@ def _build_agent(
     renderer: Renderer,
     prompter: Prompter | None,
     info: dict[str, Any],
+    registry: Any = None,
 ) -> Agent:
     from agent_core.agent.events import Retrying
     from agent_core.agent.local import LocalProvider
@@ -607,6 +640,7 @@ def _build_agent(
     return Agent(
         provider,
         conn.client,
+        registry=registry,
         session=Session(),
         gate=gate,
         config=LoopConfig(
@@ -639,7 +673,15 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
     prompter = Prompter(renderer, LineReader()) if args.interactive else None
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
-        agent = _build_agent(args, config, conn, renderer, prompter, await _host_info(conn))
+        agent = _build_agent(
+            args,
+            config,
+            conn,
+            renderer,
+            prompter,
+            await _host_info(conn),
+            await _tool_registry(args, conn, renderer),
+        )
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, agent.abort)
@@ -702,7 +744,15 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
     prompter = Prompter(renderer, reader)
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
-        agent = _build_agent(args, config, conn, renderer, prompter, await _host_info(conn))
+        agent = _build_agent(
+            args,
+            config,
+            conn,
+            renderer,
+            prompter,
+            await _host_info(conn),
+            await _tool_registry(args, conn, renderer),
+        )
         spec = _model_spec(args, config)
         where = conn.workspace or conn.url
         renderer.err.print(

@@ -477,3 +477,19 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("arguments", nargs="?", default="{}", help="JSON object (default: {})")
     p.add_argument("--workspace", metavar="DIR", help="workspace (default: .)")
     p.set_defaults(func=cmd_call)
+
+
+def load_installed(workspace: Path, state_dir: Path) -> tuple[list[Any], list[Any]]:
+    """Every installed plugin (workspace `.kite/plugins` first, then the user's plugin dir),
+    loaded with the host's trust and limits; failures are returned, not raised."""
+    from agent_core.plugins.plugin import PluginHost, load_all
+    from agent_core.plugins.sandbox import UrllibHttpClient
+
+    trust, limits = load_plugin_host_config()
+    host = PluginHost(
+        trust=trust,
+        limits=limits,
+        scratch_root=state_dir / "plugin-scratch",
+        http=UrllibHttpClient(),
+    )
+    return load_all([workspace / WORKSPACE_PLUGINS, state_dir / "plugins"], host)

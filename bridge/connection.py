@@ -299,6 +299,7 @@ class Connection:
             emit=emit,
             send_chunk=send_chunk,
             recv_chunks=recv_chunks,
+            host_plugins=bridge.host_plugins,
         )
         outcome = "ok"
         try:

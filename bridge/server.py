@@ -35,6 +35,7 @@ from bridge.jail import Workspace
 from bridge.ops import exec as exec_ops
 from bridge.ops import fs as _fs_ops  # noqa: F401  (registers the fs.* ops)
 from bridge.ops import model as _model_ops  # noqa: F401
+from bridge.ops import plugins as _plugin_ops  # noqa: F401  (registers plugin.*)
 from bridge.ops import sys as _sys_ops  # noqa: F401  (registers sys.*)
 from bridge.policy import Policy, load_policy
 from bridge.snapshots import SnapshotStore
@@ -82,6 +83,7 @@ class Bridge:
         self.workspace = Workspace(config.workspace, self.policy)
         self.snapshots = SnapshotStore(self.state_dir, self.workspace.root)
         self.audit = AuditLog(self.state_dir / "audit.log")
+        self.host_plugins = self._load_host_plugins()
         self.live_connections: set[Connection] = set()
         self._pair_limiter = FailureLimiter(
             config.pair_failures_per_peer, config.pair_failures_overall
@@ -93,6 +95,19 @@ class Bridge:
         self._watcher: asyncio.Task[None] | None = None
         self.origin_policy: OriginPolicy | None = None
         self.port = config.port
+
+    def _load_host_plugins(self) -> dict[str, Any]:
+        """Installed plugins whose manifests ask to run on the host (`plugin.call`)."""
+        from bridge.cli_plugin import load_installed
+
+        try:
+            plugins, errors = load_installed(self.workspace.root, self.state_dir)
+        except Exception as exc:  # a broken plugin config must not keep the bridge down
+            log.warning("plugins not loaded: %s", exc)
+            return {}
+        for err in errors:
+            log.warning("plugin refused: %s", err)
+        return {p.name: p for p in plugins if p.manifest.run_on == "host"}
 
     @property
     def host_public_key(self) -> bytes:

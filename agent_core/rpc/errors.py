@@ -21,6 +21,7 @@ EUNSUPPORTED = "EUNSUPPORTED"  # unknown op, or a feature this host does not off
 EBUSY = "EBUSY"  # too many requests in flight on this connection
 ENOSPC = "ENOSPC"  # the host's disk is full
 EIO = "EIO"  # an unexpected host-side failure (details in the bridge log, not on the wire)
+EPLUGIN = "EPLUGIN"  # a Wasm plugin failed: its own error, a trap, or its memory limit
 
 ALL_CODES = frozenset(
     {
@@ -38,6 +39,7 @@ ALL_CODES = frozenset(
         EBUSY,
         ENOSPC,
         EIO,
+        EPLUGIN,
     }
 )
 

@@ -8,7 +8,7 @@ clean up in `finally`) and the audit entry; handlers only do the work.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,8 @@ class OpContext:
     recv_chunks: Callable[[], AsyncIterator[bytes]]
     # Filled by the handler for the audit log: e.g. {"path": ...} or {"command": ...}, bytes moved.
     audit: dict[str, Any] = field(default_factory=dict)
+    # Wasm plugins loaded on the host whose manifests ask to run there, by name.
+    host_plugins: Mapping[str, Any] = field(default_factory=dict)
 
 
 Handler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any]]]
