@@ -88,6 +88,8 @@ def main() -> None:
                             _wait(page, probe)
                             ms = page.evaluate(probe)
                             results[f"{name} {phase}"].append(ms)
+                            if name == "kite":
+                                print(f"  worker: {page.evaluate('window.kiteTimings')}")
                             print(
                                 f"{name} {phase}: {ms:.0f} ms in page, "
                                 f"{time.monotonic() - t0:.1f} s wall"
