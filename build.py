@@ -169,6 +169,23 @@ def build_wheel() -> tuple[str, bytes]:
     return f"{WHEEL_NAME}-{version}-py3-none-any.whl", buf.getvalue()
 
 
+CDN_DEFAULT = re.compile(rb"https://cdn\.jsdelivr\.net/pyodide/v\$\{\w+\}/full/")
+
+
+def strip_cdn(mjs: bytes) -> bytes:
+    """Replace Pyodide's default package CDN with a same-origin path that does not exist.
+
+    The worker always passes ``packageBaseUrl`` (so the default is never used), but a CDN URL in
+    the shipped code is one refactoring away from a request leaving the host: make it impossible.
+    """
+    out = CDN_DEFAULT.sub(b"/no-cdn/", mjs)
+    if b"cdn.jsdelivr" in out:
+        raise SystemExit(
+            "build.py: pyodide.mjs has a CDN URL this build does not know how to strip"
+        )
+    return out
+
+
 def build_lock(wheel_name: str, wheel: bytes) -> bytes:
     """Pyodide's lock file, rewritten to list only what is shipped, with the real sha256."""
     upstream = json.loads((PYODIDE_SRC / "pyodide-lock.json").read_text())
@@ -207,6 +224,7 @@ def build(out: Path, quiet: bool = False) -> Builder:
     outputs: dict[str, bytes] = {}
 
     pyodide = {f: (PYODIDE_SRC / f).read_bytes() for f in PYODIDE_FILES}
+    pyodide["pyodide.mjs"] = strip_cdn(pyodide["pyodide.mjs"])
     pdir = f"pyodide/{digest(*pyodide.values())}/"
     for name, data in pyodide.items():
         outputs[pdir + name] = data

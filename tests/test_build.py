@@ -51,6 +51,9 @@ def test_expected_files(out: Path) -> None:
     assert manifest["display"] == "standalone"
     html = (out / "index.html").read_text()
     assert "<script>" not in html and "{{" not in html and "http" not in html
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".mjs", ".js", ".json", ".html"):
+            assert b"cdn.jsdelivr" not in path.read_bytes(), path
 
 
 def test_lock_hashes_match_wheels(out: Path) -> None:
