@@ -153,6 +153,14 @@ def test_pair_read_offline(
     page.locator(".tool.failed").first.wait_for(timeout=30_000)
     assert page.locator(".tool-out", has_text="should-not-run\n").count() == 0
     page.screenshot(path=str(SHOTS / "approve-1280x800.png"))
+    # Stop aborts a running command; the agent takes the next message.
+    box.fill("/run sleep 30")
+    page.get_by_role("button", name="Send").click()
+    page.get_by_role("group", name="Approval needed").last.get_by_role(
+        "button", name="Approve"
+    ).click()
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Stop").wait_for(state="hidden", timeout=15_000)
     timings = page.evaluate("window.kiteTimings")
     print(f"first boot to ready: {boot_s:.1f} s; worker timings {timings}")
 

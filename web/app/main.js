@@ -156,6 +156,7 @@ const handlers = {
   },
   finished(msg) {
     current = null;
+    $("stop").hidden = true;
     if (msg.error) item("error", msg.error);
     $("message").disabled = false;
   },
@@ -198,7 +199,10 @@ $("composer").addEventListener("submit", (e) => {
   item("user", text);
   box.value = "";
   worker.postMessage({ type: "submit", text });
+  $("stop").hidden = false;
 });
+// Stop aborts the running turn: in-flight bridge requests are cancelled, the session stays valid.
+$("stop").addEventListener("click", () => worker.postMessage({ type: "abort" }));
 box.addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) {
     e.preventDefault();
