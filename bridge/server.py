@@ -215,7 +215,9 @@ class Bridge:
         if path != ENDPOINT:
             if upgrade:
                 return text_response(404, f"the WebSocket endpoint is {ENDPOINT}\n")
-            return serve_static(self.config.web_dir, request.path, self.workspace.root.name)
+            return serve_static(
+                self.config.web_dir, request.path, self.workspace.root.name, headers
+            )
         if not upgrade:
             return text_response(400, "this endpoint speaks WebSocket only\n")
         if not policy.origin_ok(headers.get("Origin")):
