@@ -619,6 +619,7 @@ def _build_agent(
     prompter: Prompter | None,
     info: dict[str, Any],
     registry: Any = None,
+    session: Any = None,
 ) -> Agent:
     from agent_core.agent.events import Retrying
     from agent_core.agent.local import LocalProvider
@@ -641,7 +642,7 @@ def _build_agent(
         provider,
         conn.client,
         registry=registry,
-        session=Session(),
+        session=session or Session(),
         gate=gate,
         config=LoopConfig(
             model=model,
@@ -666,6 +667,48 @@ def _note_workspace(renderer: Renderer, conn: Connection) -> None:
         )
 
 
+SESSION_CACHE_DIR = "session-cache"
+
+
+def _session_cache(args: argparse.Namespace) -> Any:
+    """The device-side copy of sessions: `<state dir>/session-cache/<id>.json`."""
+    from agent_core.agent.sync import JsonFileCache
+    from bridge import statedir
+
+    return JsonFileCache(statedir.resolve_state_dir(args.state_dir) / SESSION_CACHE_DIR)
+
+
+async def _open_session(args: argparse.Namespace, conn: Connection, model: str) -> Any:
+    """A `SessionSync` for this run: the session named by --session / --continue, its history
+    loaded from the bridge, or a new one (created on the bridge at the first save)."""
+    from agent_core.agent.session import Session
+    from agent_core.agent.sync import SessionSync, resume
+    from agent_core.rpc.errors import ENOENT, RpcError
+
+    cache = _session_cache(args)
+    sid = getattr(args, "session", None)
+    try:
+        if getattr(args, "continue_", False):
+            listed = await conn.client.call("session.list", {"limit": 1}, timeout=30)
+            if not listed["sessions"]:
+                raise CliError("--continue: there is no session to continue on this bridge")
+            sid = listed["sessions"][0]["id"]
+        if sid:
+            return await resume(conn.client, sid, cache=cache, model=model)
+    except RpcError as exc:
+        if exc.code == ENOENT:
+            raise CliError(f"--session: no session {sid} on this bridge") from None
+        raise CliError(f"cannot load the session: {exc}") from None
+    except TimeoutError:
+        raise CliError("cannot load the session: the bridge did not answer") from None
+    return SessionSync(conn.client, Session(), cache=cache, model=model)
+
+
+def _sync_report(sync: Any, renderer: Renderer) -> None:
+    if sync.error:
+        renderer.err.print(f"[yellow]kite: {_esc(sync.error)}[/]")
+
+
 async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> int:
     renderer = Renderer(stream_text=sys.stdout.isatty(), quiet=args.quiet)
     if args.interactive and not _interactive_terminal():
@@ -673,6 +716,7 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
     prompter = Prompter(renderer, LineReader()) if args.interactive else None
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
+        sync = await _open_session(args, conn, _model_spec(args, config))
         agent = _build_agent(
             args,
             config,
@@ -681,7 +725,9 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
             prompter,
             await _host_info(conn),
             await _tool_registry(args, conn, renderer),
+            session=sync.session,
         )
+        agent.on_event = sync.wrap(renderer)  # saved on the bridge after every step
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, agent.abort)
@@ -690,6 +736,8 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGINT)
+            await sync.push()
+        _sync_report(sync, renderer)
     return _report(result, renderer)
 
 
@@ -738,12 +786,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
 async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
     from agent_core.agent.local import HELP as LOCAL_HELP
     from agent_core.agent.session import Session
+    from agent_core.agent.sync import SessionSync
 
     renderer = Renderer(stream_text=True)
     reader = LineReader()
     prompter = Prompter(renderer, reader)
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
+        spec = _model_spec(args, config)
+        sync = await _open_session(args, conn, spec)
         agent = _build_agent(
             args,
             config,
@@ -752,8 +803,14 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
             prompter,
             await _host_info(conn),
             await _tool_registry(args, conn, renderer),
+            session=sync.session,
         )
-        spec = _model_spec(args, config)
+        agent.on_event = sync.wrap(renderer)
+        if sync.session.messages:
+            renderer.err.print(
+                f"[dim]resumed session {sync.session.id}: "
+                f"{_esc(sync.session.title)} ({len(sync.session.messages)} messages)[/]"
+            )
         where = conn.workspace or conn.url
         renderer.err.print(
             f"[bold]kite chat[/] · model [cyan]{_esc(spec)}[/] · workspace {_esc(str(where))}\n"
@@ -783,9 +840,17 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
                     continue
                 if text == "/new":
                     agent.session = Session()
+                    sync = SessionSync(
+                        conn.client, agent.session, cache=_session_cache(args), model=spec
+                    )
+                    agent.on_event = sync.wrap(renderer)
                     renderer.err.print("[dim]new session[/]")
                     continue
-                result = await agent.run(text)
+                try:
+                    result = await agent.run(text)
+                finally:
+                    await sync.push()
+                _sync_report(sync, renderer)
                 u = agent.session.usage
                 if u.input_tokens or u.output_tokens:
                     renderer.err.print(
@@ -802,6 +867,33 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
         finally:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(signal.SIGINT)
+    return 0
+
+
+# -- kite sessions --------------------------------------------------------------------------
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    return asyncio.run(_sessions(args))
+
+
+async def _sessions(args: argparse.Namespace) -> int:
+    from agent_core.rpc.errors import RpcError
+
+    async with connect(args) as conn:
+        try:
+            res = await conn.client.call("session.list", {"limit": args.limit}, timeout=30)
+        except RpcError as exc:
+            raise CliError(f"cannot list sessions: {exc}") from None
+    rows = res["sessions"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no sessions", file=sys.stderr)
+    for r in rows:
+        when = datetime.datetime.fromtimestamp(r["updated_at"]).strftime("%Y-%m-%d %H:%M")
+        print(f"{r['id']}  {when}  {r['messages']:>4} msgs  {r['title']}")
     return 0
 
 
@@ -831,6 +923,19 @@ def _agent_options(p: argparse.ArgumentParser) -> None:
         "--max-steps", type=int, metavar="N", help="model turns per message (default 50)"
     )
     p.add_argument("--config", metavar="FILE", help="agent config JSON (default: user config dir)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--session",
+        metavar="ID",
+        help="continue the session ID saved on the bridge (see `kite sessions`)",
+    )
+    resume.add_argument(
+        "--continue",
+        "-c",
+        dest="continue_",
+        action="store_true",
+        help="continue the most recent session saved on the bridge",
+    )
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -863,3 +968,17 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     _agent_options(chat)
     chat.set_defaults(func=cmd_chat)
+
+    sessions = sub.add_parser(
+        "sessions",
+        parents=[common],
+        help="list the conversations saved on the bridge",
+        description="Conversations of `kite run`, `kite chat` and the web app, newest first. "
+        "Continue one with `kite run --session ID` (or --continue for the newest).",
+    )
+    sessions.add_argument(
+        "--bridge", metavar="URL", help="a remote bridge (paired before with `kite run`)"
+    )
+    sessions.add_argument("--limit", type=int, default=50, metavar="N", help="at most N (50)")
+    sessions.add_argument("--json", action="store_true", help="JSON output")
+    sessions.set_defaults(func=cmd_sessions)

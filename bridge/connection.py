@@ -300,6 +300,7 @@ class Connection:
             send_chunk=send_chunk,
             recv_chunks=recv_chunks,
             host_plugins=bridge.host_plugins,
+            sessions=bridge.sessions,
         )
         outcome = "ok"
         try:

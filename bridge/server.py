@@ -36,8 +36,10 @@ from bridge.ops import exec as exec_ops
 from bridge.ops import fs as _fs_ops  # noqa: F401  (registers the fs.* ops)
 from bridge.ops import model as _model_ops  # noqa: F401
 from bridge.ops import plugins as _plugin_ops  # noqa: F401  (registers plugin.*)
+from bridge.ops import session as _session_ops  # noqa: F401  (registers session.*)
 from bridge.ops import sys as _sys_ops  # noqa: F401  (registers sys.*)
 from bridge.policy import Policy, load_policy
+from bridge.sessions import SessionStore
 from bridge.snapshots import SnapshotStore
 from bridge.webapp import serve_static, text_response
 
@@ -83,6 +85,7 @@ class Bridge:
         self.workspace = Workspace(config.workspace, self.policy)
         self.snapshots = SnapshotStore(self.state_dir, self.workspace.root)
         self.audit = AuditLog(self.state_dir / "audit.log")
+        self.sessions = SessionStore(self.state_dir)
         self.host_plugins = self._load_host_plugins()
         self.live_connections: set[Connection] = set()
         self._pair_limiter = FailureLimiter(

@@ -42,6 +42,8 @@ class OpContext:
     audit: dict[str, Any] = field(default_factory=dict)
     # Wasm plugins loaded on the host whose manifests ask to run there, by name.
     host_plugins: Mapping[str, Any] = field(default_factory=dict)
+    # The bridge's session store (bridge.sessions.SessionStore), for the `session.*` ops.
+    sessions: Any = None
 
 
 Handler = Callable[[OpContext, dict[str, Any]], Awaitable[dict[str, Any]]]
