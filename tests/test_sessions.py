@@ -182,6 +182,25 @@ def test_session_ops_sync_and_resume_through_a_bridge(tmp_path: Path) -> None:
             assert [m.text() for m in resumed.session.messages] == ["one", "two", "three"]
             assert stale.load(session.id)["synced"] == 3  # type: ignore[index]
 
+            # A client restart: its cache holds a message it never got acknowledged.
+            crashed = MemoryCache()
+            crashed.save(session.id, {**resumed.session.to_json(), "synced": 3})
+            data = crashed.load(session.id)
+            assert data is not None
+            data["messages"].append(msg("assistant", "four"))
+            again = await resume(client, session.id, cache=crashed)
+            assert again.synced == 3 and again.pending == 1
+            assert await again.push() is True
+            got = await client.call("session.get", {"id": session.id, "after_seq": 2})
+            assert [m["message"] for m in got["messages"]] == [msg("assistant", "four")]
+            # ... and one whose append landed but whose reply was lost: nothing is sent twice.
+            crashed.save(session.id, {**again.session.to_json(), "synced": 3})
+            landed = await resume(client, session.id, cache=crashed)
+            assert landed.synced == 4 and landed.pending == 0
+            resumed = landed
+            session.messages.append(Message("assistant", [TextPart("four")]))
+            sync.synced = 4
+
             # Two devices append different messages at the same seq: the late one stops syncing.
             resumed.session.messages.append(Message("user", [TextPart("from B")]))
             session.messages.append(Message("user", [TextPart("from A")]))

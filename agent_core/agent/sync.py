@@ -33,7 +33,7 @@ from agent_core.agent.events import AgentEvent, Finished, StepFinished
 from agent_core.agent.session import Session
 from agent_core.agent.tools.base import maybe_await
 from agent_core.llm.types import Message
-from agent_core.rpc.errors import ECONFLICT, RpcError
+from agent_core.rpc.errors import ECONFLICT, ENOENT, RpcError
 
 # What a dropped connection or a timed-out request raises: the append is kept and retried.
 _TRANSIENT: tuple[type[BaseException], ...] = (TimeoutError, ConnectionError, OSError)
@@ -190,27 +190,41 @@ async def resume(
     cached = cache.load(session_id) if cache is not None else None
     session = Session(id=session_id)
     have = 0
+    pending: list[Message] = []  # cached but never acknowledged (the client died before)
     if cached is not None:
         with contextlib.suppress(KeyError, TypeError, ValueError):
             session = Session.from_json(cached)
             have = min(int(cached.get("synced") or 0), len(session.messages))
+            pending = session.messages[have:]
             session.messages = session.messages[:have]
-    res = await client.call("session.get", {"id": session_id, "after_seq": have - 1})
+    try:
+        res = await client.call("session.get", {"id": session_id, "after_seq": have - 1})
+    except RpcError as exc:
+        if exc.code != ENOENT or cached is None or cached.get("synced") is not None:
+            raise
+        # Never saved on the bridge (it was unreachable all along): create it at the next push.
+        session.messages.extend(pending)
+        return SessionSync(client, session, cache=cache, model=model, synced=None)
     info = res["session"]
     if info.get("messages", 0) < have:  # the bridge has less than the cache thinks: refetch
         res = await client.call("session.get", {"id": session_id})
-        session.messages = []
-    for item in res["messages"]:
-        session.messages.append(Message.from_json(item["message"]))
+        session.messages, have, pending = [], 0, []
+    fetched = [Message.from_json(item["message"]) for item in res["messages"]]
+    session.messages.extend(fetched)
+    synced = len(session.messages)
+    # Pending messages whose append landed (reply lost) come back from the bridge; the rest are
+    # kept and sent with the next push, unless another device wrote there in the meantime.
+    head = [m.to_json() for m in pending[: len(fetched)]]
+    if head == [m.to_json() for m in fetched]:
+        session.messages.extend(pending[len(fetched) :])
     session.title = info.get("title") or session.title
     session.created_at = info.get("created_at") or session.created_at
     usage = info.get("usage") or {}
     with contextlib.suppress(TypeError):
         session.usage = type(session.usage)(**usage)
     sync = SessionSync(
-        client, session, cache=cache, model=model or info.get("model", ""),
-        synced=len(session.messages),
-    )  # fmt: skip
+        client, session, cache=cache, model=model or info.get("model", ""), synced=synced
+    )
     sync._save_cache()
     return sync
 
