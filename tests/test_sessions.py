@@ -291,3 +291,29 @@ def test_kite_run_continues_after_the_bridge_is_killed(tmp_path: Path) -> None:
                 store.close()
             finally:
                 restarted.stop()
+
+
+def test_kite_chat_continues_a_kite_run_session(tmp_path: Path) -> None:
+    """No model: the local router; the in-process bridge of each command shares the state dir."""
+    ws, state = tmp_path / "ws", tmp_path / "state"
+    ws.mkdir()
+    (ws / "a.txt").write_text("alpha\n")
+    r = kite_run("/read a.txt", cwd=ws, state=state)
+    assert r.returncode == 0 and r.stdout == "alpha\n", r.stderr
+    store = SessionStore(state)
+    [first] = store.list()
+    store.close()
+    chat = subprocess.run(
+        [sys.executable, "-m", "bridge", "chat", "--continue", "--state-dir", str(state)],
+        input="/ls\n/exit\n", capture_output=True, text=True, timeout=60, cwd=ws,
+        env={**os.environ, "PYTHONPATH": str(REPO), "XDG_CONFIG_HOME": str(tmp_path / "cfg")},
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert f"resumed session {first['id']}" in chat.stderr
+    store = SessionStore(state)
+    [after] = store.list()
+    _, messages = store.get(first["id"])
+    store.close()
+    assert after["id"] == first["id"] and after["messages"] > first["messages"]
+    texts = [json.dumps(m["message"]) for m in messages]
+    assert "/read a.txt" in texts[0] and any("/ls" in t for t in texts[first["messages"] :])
