@@ -132,12 +132,14 @@ class SessionStore:
             for r in rows
         ]
 
-    def get(self, session_id: str, after_seq: int = -1) -> tuple[dict[str, Any], list[Any]]:
-        """The session and its messages with `seq > after_seq`, in order."""
+    def get(
+        self, session_id: str, after_seq: int = -1, limit: int = -1
+    ) -> tuple[dict[str, Any], list[Any]]:
+        """The session and its messages with `seq > after_seq`, in order (at most `limit`)."""
         info = self._row(session_id)
         rows = self.db.execute(
-            "SELECT seq, json FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq",
-            (session_id, after_seq),
+            "SELECT seq, json FROM messages WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (session_id, after_seq, limit),
         ).fetchall()
         return info, [{"seq": r[0], "message": json.loads(r[1])} for r in rows]
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from agent_core.agent import sync as sync_module
 from agent_core.agent.session import Session
 from agent_core.agent.sync import MemoryCache, SessionSync, resume, sha256_hex, write_once
 from agent_core.client import ChannelClosed
@@ -129,7 +130,9 @@ class DropsReplies:
         return result
 
 
-def test_session_ops_sync_and_resume_through_a_bridge(tmp_path: Path) -> None:
+def test_session_ops_sync_and_resume_through_a_bridge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def main(bk: Any) -> None:
         async with connected(bk) as client:
             created = await client.call("session.create", {"id": "abc-1", "title": "demo"})
@@ -171,7 +174,15 @@ def test_session_ops_sync_and_resume_through_a_bridge(tmp_path: Path) -> None:
             assert [m["seq"] for m in got["messages"]] == [0, 1]
             assert got["session"]["title"] == "synced"
 
-            # Another device resumes it (no cache), and a stale cache catches up.
+            page = await client.call("session.get", {"id": session.id, "limit": 1})
+            assert [m["seq"] for m in page["messages"]] == [0] and page["more"] is True
+            with pytest.raises(RpcError) as exc:
+                await client.call("session.get", {"id": session.id, "after": 0})
+            assert exc.value.code == EINVAL and "after" in exc.value.message
+
+            # Another device resumes it (no cache, one message per page), and a stale cache
+            # catches up.
+            monkeypatch.setattr(sync_module, "GET_PAGE", 1)
             other = await resume(client, session.id)
             assert [m.text() for m in other.session.messages] == ["one", "two"]
             stale = MemoryCache()

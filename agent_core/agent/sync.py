@@ -179,6 +179,22 @@ class SessionSync:
         return on_event
 
 
+GET_PAGE = 500  # messages per `session.get`: keeps each reply well under the envelope cap
+
+
+async def _get_all(client: Any, session_id: str, after_seq: int) -> dict[str, Any]:
+    """`session.get` page by page; returns the last page's session info and all messages."""
+    messages: list[Any] = []
+    while True:
+        res = await client.call(
+            "session.get", {"id": session_id, "after_seq": after_seq, "limit": GET_PAGE}
+        )
+        messages += res["messages"]
+        if not res["messages"] or not res.get("more"):
+            return {"session": res["session"], "messages": messages}
+        after_seq = res["messages"][-1]["seq"]
+
+
 async def resume(
     client: Any, session_id: str, *, cache: CacheStorage | None = None, model: str = ""
 ) -> SessionSync:
@@ -198,7 +214,7 @@ async def resume(
             pending = session.messages[have:]
             session.messages = session.messages[:have]
     try:
-        res = await client.call("session.get", {"id": session_id, "after_seq": have - 1})
+        res = await _get_all(client, session_id, have - 1)
     except RpcError as exc:
         if exc.code != ENOENT or cached is None or cached.get("synced") is not None:
             raise
@@ -207,7 +223,7 @@ async def resume(
         return SessionSync(client, session, cache=cache, model=model, synced=None)
     info = res["session"]
     if info.get("messages", 0) < have:  # the bridge has less than the cache thinks: refetch
-        res = await client.call("session.get", {"id": session_id})
+        res = await _get_all(client, session_id, -1)
         session.messages, have, pending = [], 0, []
     fetched = [Message.from_json(item["message"]) for item in res["messages"]]
     session.messages.extend(fetched)

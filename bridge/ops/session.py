@@ -16,6 +16,13 @@ from bridge.sessions import MAX_TITLE, SessionStore, check_id
 MAX_APPEND = 10_000  # messages per append
 
 
+def _known(args: dict[str, Any], *keys: str) -> None:
+    """Unknown arguments are refused, so a misspelt `after_seq` is not silently ignored."""
+    unknown = set(args) - set(keys)
+    if unknown:
+        raise RpcError(EINVAL, f"unknown argument(s): {', '.join(sorted(map(str, unknown)))}")
+
+
 def _store(ctx: OpContext) -> SessionStore:
     if ctx.sessions is None:
         raise RpcError(EIO, "this bridge has no session store")
@@ -32,6 +39,7 @@ def _title(args: dict[str, Any], key: str = "title") -> str:
 
 @op("session.create", inline=True)
 async def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "id", "title", "model")
     sid = check_id(args["id"]) if args.get("id") is not None else None
     result = _store(ctx).create(
         sid,
@@ -46,20 +54,25 @@ async def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @op("session.list", inline=True)
 async def list_(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "limit")
     limit = arg_int(args, "limit", 50, min_value=1, max_value=1000)
     return {"sessions": _store(ctx).list(limit)}
 
 
 @op("session.get")
 async def get(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "id", "after_seq", "limit")
     sid = check_id(args.get("id"))
     after = arg_int(args, "after_seq", -1, min_value=-1)
-    info, messages = _store(ctx).get(sid, after)
-    return {"session": info, "messages": messages}
+    limit = arg_int(args, "limit", -1, min_value=1)
+    info, messages = _store(ctx).get(sid, after, limit)
+    last = messages[-1]["seq"] if messages else after
+    return {"session": info, "messages": messages, "more": last + 1 < info["messages"]}
 
 
 @op("session.append", inline=True)
 async def append(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "id", "messages", "usage", "title")
     sid = check_id(args.get("id"))
     raw = args.get("messages")
     if not isinstance(raw, list) or len(raw) > MAX_APPEND:
@@ -82,12 +95,14 @@ async def append(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
 
 @op("session.rename", inline=True)
 async def rename(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "id", "title")
     sid = check_id(args.get("id"))
     return _store(ctx).rename(sid, _title(args))
 
 
 @op("session.delete", inline=True)
 async def delete(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
+    _known(args, "id")
     sid = check_id(args.get("id"))
     _store(ctx).delete(sid)
     ctx.audit["session"] = sid
