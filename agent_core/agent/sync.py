@@ -47,6 +47,10 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     return (*_TRANSIENT, ChannelClosed)
 
 
+# A bridge that stopped answering must not hold up the agent: the append is retried later.
+CALL_TIMEOUT_S = 30.0
+
+
 class CacheStorage(Protocol):
     """Where a device keeps its copy of sessions (`Session.to_json()` plus `synced`)."""
 
@@ -135,6 +139,7 @@ class SessionSync:
                 await self.client.call(
                     "session.create",
                     {"id": self.session.id, "title": self.session.title, "model": self.model},
+                    timeout=CALL_TIMEOUT_S,
                 )
                 self.synced = 0
             start = self.synced
@@ -152,6 +157,7 @@ class SessionSync:
                     "usage": asdict(self.session.usage),
                     "title": self.session.title,
                 },
+                timeout=CALL_TIMEOUT_S,
             )
         except RpcError as exc:
             # A conflict (another device added to the session) or a bridge without `session.*`:
