@@ -32,6 +32,7 @@ unrelated open). Small reads stay inline: the 4 KiB read round trip is latency-c
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -41,7 +42,7 @@ import re
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -389,6 +390,37 @@ async def fs_read(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         os.close(o.fd)
 
 
+async def _blocks(fd: int, size: int) -> AsyncIterator[bytes]:
+    """The file's blocks in order. Small files are read on the event loop; larger ones in a
+    worker thread, one block ahead of the consumer, so disk reads overlap with hashing,
+    encryption and sending instead of alternating with them."""
+    if size < INLINE_MAX:
+        pos = 0
+        while block := os.pread(fd, read_size(size, pos), pos):
+            pos += len(block)
+            yield block
+        return
+    pool = _read_pool()
+    pos = 0
+    ahead = pool.submit(os.pread, fd, read_size(size, pos), pos)
+    try:
+        while True:
+            block = await asyncio.wrap_future(ahead)
+            if not block:
+                return
+            pos += len(block)
+            ahead = pool.submit(os.pread, fd, read_size(size, pos), pos)
+            yield block
+    finally:
+        # Never leave a read in flight on an fd the caller is about to close (at most one block).
+        concurrent.futures.wait([ahead])
+
+
+@functools.cache
+def _read_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="kite-read")
+
+
 async def _read_binary(
     ctx: OpContext, o: Opened, byte_range: tuple[int, int | None] | None
 ) -> dict[str, Any]:
@@ -401,28 +433,22 @@ async def _read_binary(
     chunks = 0
     pending: bytes | None = None
     size = o.st.st_size
-    inline = size < INLINE_MAX
-    while True:
-        block = (
-            os.pread(o.fd, read_size(size, pos), pos)
-            if inline
-            else await run_blocking(os.pread, o.fd, read_size(size, pos), pos)
-        )
-        if not block:
-            break
-        if pos + len(block) > limit:
-            raise RpcError(ETOOBIG, f"file over the host's read limit of {limit} bytes")
-        h.update(block)
-        lo = max(start, pos)
-        hi = pos + len(block) if end is None else min(end, pos + len(block))
-        pos += len(block)
-        for i in range(lo, hi, CHUNK_SIZE):
-            piece = block[i - (pos - len(block)) : min(hi, i + CHUNK_SIZE) - (pos - len(block))]
-            if pending is not None:
-                await ctx.send_chunk(pending, False)
-                chunks += 1
-            pending = piece
-            sent += len(piece)
+    async with contextlib.aclosing(_blocks(o.fd, size)) as blocks:
+        async for block in blocks:
+            if pos + len(block) > limit:
+                raise RpcError(ETOOBIG, f"file over the host's read limit of {limit} bytes")
+            h.update(block)
+            lo = max(start, pos)
+            hi = pos + len(block) if end is None else min(end, pos + len(block))
+            pos += len(block)
+            base = pos - len(block)
+            for i in range(lo, hi, CHUNK_SIZE):
+                piece = block[i - base : min(hi, i + CHUNK_SIZE) - base]
+                if pending is not None:
+                    await ctx.send_chunk(pending, False)
+                    chunks += 1
+                pending = piece
+                sent += len(piece)
     await ctx.send_chunk(pending if pending is not None else b"", True)
     chunks += 1
     ctx.audit["bytes"] = sent
