@@ -2,7 +2,8 @@
 
 The loop keeps everything it needs between steps here (messages, todos, the file-change journal
 used by `/diff` and `/undo`, the hashes of files the model has seen), so a session can be saved
-after every step and resumed later. Persistence: `agent_core/agent/sync.py` saves it through the bridge's `session.*` ops.
+after every step and resumed later: `agent_core/agent/sync.py` saves it through the bridge's
+`session.*` ops.
 """
 
 from __future__ import annotations
