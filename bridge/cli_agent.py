@@ -611,6 +611,29 @@ async def _tool_registry(args: argparse.Namespace, conn: Connection, renderer: R
     return ToolRegistry(tools)
 
 
+async def _start_agent(
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    conn: Connection,
+    renderer: Renderer,
+    prompter: Prompter | None,
+) -> tuple[Agent, Any]:
+    """The agent for `kite run` / `kite chat`, on a session saved to the bridge after every step."""
+    sync = await _open_session(args, conn, _model_spec(args, config))
+    agent = _build_agent(
+        args,
+        config,
+        conn,
+        renderer,
+        prompter,
+        await _host_info(conn),
+        await _tool_registry(args, conn, renderer),
+        session=sync.session,
+    )
+    agent.on_event = sync.wrap(renderer)
+    return agent, sync
+
+
 def _build_agent(
     args: argparse.Namespace,
     config: dict[str, Any],
@@ -716,18 +739,7 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
     prompter = Prompter(renderer, LineReader()) if args.interactive else None
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
-        sync = await _open_session(args, conn, _model_spec(args, config))
-        agent = _build_agent(
-            args,
-            config,
-            conn,
-            renderer,
-            prompter,
-            await _host_info(conn),
-            await _tool_registry(args, conn, renderer),
-            session=sync.session,
-        )
-        agent.on_event = sync.wrap(renderer)  # saved on the bridge after every step
+        agent, sync = await _start_agent(args, config, conn, renderer, prompter)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, agent.abort)
@@ -794,18 +806,7 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
     async with connect(args) as conn:
         _note_workspace(renderer, conn)
         spec = _model_spec(args, config)
-        sync = await _open_session(args, conn, spec)
-        agent = _build_agent(
-            args,
-            config,
-            conn,
-            renderer,
-            prompter,
-            await _host_info(conn),
-            await _tool_registry(args, conn, renderer),
-            session=sync.session,
-        )
-        agent.on_event = sync.wrap(renderer)
+        agent, sync = await _start_agent(args, config, conn, renderer, prompter)
         if sync.session.messages:
             renderer.err.print(
                 f"[dim]resumed session {sync.session.id}: "
