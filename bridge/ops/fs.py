@@ -390,26 +390,35 @@ async def fs_read(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         os.close(o.fd)
 
 
-async def _blocks(fd: int, size: int) -> AsyncIterator[bytes]:
-    """The file's blocks in order. Small files are read on the event loop; larger ones in a
-    worker thread, one block ahead of the consumer, so disk reads overlap with hashing,
-    encryption and sending instead of alternating with them."""
+def _read_hashed(fd: int, n: int, pos: int, h: Any) -> bytes:
+    block = os.pread(fd, n, pos)
+    h.update(block)  # hashlib releases the GIL on large buffers: this overlaps with sending
+    return block
+
+
+async def _blocks(fd: int, size: int, h: Any) -> AsyncIterator[bytes]:
+    """The file's blocks in order, each already added to the hash `h`.
+
+    Small files are read on the event loop; larger ones in a worker thread, one block ahead of
+    the consumer, so reading and hashing overlap with encryption and sending instead of
+    alternating with them. One read at a time keeps the hash in file order."""
     if size < INLINE_MAX:
         pos = 0
         while block := os.pread(fd, read_size(size, pos), pos):
             pos += len(block)
+            h.update(block)
             yield block
         return
     pool = _read_pool()
     pos = 0
-    ahead = pool.submit(os.pread, fd, read_size(size, pos), pos)
+    ahead = pool.submit(_read_hashed, fd, read_size(size, pos), pos, h)
     try:
         while True:
             block = await asyncio.wrap_future(ahead)
             if not block:
                 return
             pos += len(block)
-            ahead = pool.submit(os.pread, fd, read_size(size, pos), pos)
+            ahead = pool.submit(_read_hashed, fd, read_size(size, pos), pos, h)
             yield block
     finally:
         # Never leave a read in flight on an fd the caller is about to close (at most one block).
@@ -433,11 +442,10 @@ async def _read_binary(
     chunks = 0
     pending: bytes | None = None
     size = o.st.st_size
-    async with contextlib.aclosing(_blocks(o.fd, size)) as blocks:
+    async with contextlib.aclosing(_blocks(o.fd, size, h)) as blocks:
         async for block in blocks:
             if pos + len(block) > limit:
                 raise RpcError(ETOOBIG, f"file over the host's read limit of {limit} bytes")
-            h.update(block)
             lo = max(start, pos)
             hi = pos + len(block) if end is None else min(end, pos + len(block))
             pos += len(block)
