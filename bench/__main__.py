@@ -1,13 +1,17 @@
-"""`python -m bench`: run the benchmarks, print the comparison table, write bench/results.json.
+"""`python -m bench`: run every benchmark, print one table, write bench/results.json and a chart.
 
-    python -m bench                      everything (Kite bridge, WebSocket echo, OpenSSH)
+    python -m bench                      everything: bridge, echo, ssh, plugins, agent, load, boot
     python -m bench --only bridge,echo   a subset (repeatable or comma-separated)
+    python -m bench --skip boot          everything but these
     python -m bench --quick              small N and an 8 MiB file (the smoke test uses this)
     python -m bench --json               print the results document instead of the tables
+    python -m bench --update-readme      also rewrite the README's table from this run
     python -m bench --profile DIR        cProfile the bridge and the client's fs.read loop
 
-A benchmark that cannot run here (no sshd, ...) is reported as skipped; the others still run.
-The exit status is 1 only if a benchmark failed outright.
+The bridge, echo and ssh benchmarks run in this process against server subprocesses; the other
+suites (bench/suites.py) each run in a child interpreter. Every figure is printed beside its
+baseline from the same run. A benchmark that cannot run here (no sshd, ...) is reported as
+skipped; the others still run. The exit status is 1 only if a benchmark failed outright.
 """
 
 from __future__ import annotations
@@ -37,10 +41,12 @@ from bench import (
     Skipped,
     kill_leftovers,
     make_fixture,
+    report,
 )
 from bench.bridge_bench import bench_bridge
 from bench.echo import bench_echo
 from bench.sshd import bench_ssh
+from bench.suites import SUITES, Figure, SuiteError, SuiteSkipped, run_suite
 
 # Run in this order: the echo uses the frame sizes the bridge run measured.
 BENCHMARKS: dict[str, Benchmark] = {
@@ -230,34 +236,6 @@ def render(doc: dict[str, Any]) -> str:
             detail = f"best {s['best']:.0f}  runs {'/'.join(runs)}"
         body.append([r["system"], r["label"], _fmt(r["value"], r["unit"]), detail, r["note"]])
     parts.append(_table(["system", "measurement", "value", "detail", "note"], body, {2}))
-    parts.append("")
-    body = []
-    for c in doc["comparisons"]:
-        status = {True: "met", False: "MISSED", None: "-"}[c["met"]]
-        if c["kite"] is None or c["baseline"] is None:
-            status = "n/a"
-        body.append(
-            [
-                c["label"],
-                _fmt(c["kite"], c["unit"]),
-                _fmt(c["baseline"], c["unit"]),
-                BASELINE_NAMES.get(c["baseline_system"], c["baseline_system"]),
-                "-" if c["ratio"] is None else f"{c['ratio']:.2f}×",
-                c["target"] or "-",
-                status,
-            ]
-        )
-    parts.append(
-        _table(
-            ["metric", "Kite", "baseline", "baseline is", "ratio", "target", "status"],
-            body,
-            {1, 2, 4},
-        )
-    )
-    for name, why in doc["skipped"].items():
-        parts.append(f"SKIPPED {name}: {why}")
-    for name, why in doc["failed"].items():
-        parts.append(f"FAILED {name}: {why}")
     best = doc["info"].get("ssh_bulk_best")
     if best:
         parts.append(f"SSH throughput baseline = the fastest variant: {best}")
@@ -267,26 +245,67 @@ def render(doc: dict[str, Any]) -> str:
 # -- main ------------------------------------------------------------------------------------
 
 
-def _selected(only: list[str] | None) -> list[str]:
-    if not only:
-        return list(BENCHMARKS)
-    names = [n.strip() for item in only for n in item.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHMARKS]
+ALL_NAMES = [*BENCHMARKS, *SUITES]
+
+
+def _names(items: list[str] | None) -> list[str]:
+    names = [n.strip() for item in items or [] for n in item.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_NAMES]
     if unknown:
-        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {ALL_NAMES}")
     return names
+
+
+def _selected(only: list[str] | None, skip: list[str] | None = None) -> list[str]:
+    chosen = _names(only) or ALL_NAMES
+    dropped = set(_names(skip))
+    return [n for n in ALL_NAMES if n in chosen and n not in dropped]
+
+
+def bridge_figures(comparisons: list[dict[str, Any]]) -> list[Figure]:
+    """The bridge comparisons as lines of the unified table."""
+    out = []
+    for c in COMPARISONS:
+        if c.label.endswith((" p90", " p99")):
+            continue  # in results.json; the table keeps the headline figures
+        got = next(x for x in comparisons if x["label"] == c.label)
+        if got["kite"] is None or got["baseline"] is None:
+            continue  # the baseline's benchmark was not selected, skipped or failed
+        name = BASELINE_NAMES.get(c.baseline_system, c.baseline_system)
+        if got["baseline_label"]:
+            name = f"{name}: {got['baseline_label']}"
+        out.append(
+            Figure(
+                group="bridge",
+                label=c.label,
+                unit="µs" if got["unit"] == "us" else got["unit"],
+                kite=got["kite"],
+                baseline=got["baseline"],
+                baseline_name=name,
+                better=c.better,
+                target=c.target,
+                note=got["baseline_note"] or "",
+            )
+        )
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Kite bridge vs a bare WebSocket echo and OpenSSH, on loopback.",
+        description="Every Kite benchmark beside its baseline from the same run, in one table.",
     )
     parser.add_argument(
         "--only",
         action="append",
         metavar="NAMES",
-        help=f"run only these benchmarks (comma-separated or repeated): {', '.join(BENCHMARKS)}",
+        help=f"run only these benchmarks (comma-separated or repeated): {', '.join(ALL_NAMES)}",
+    )
+    parser.add_argument("--skip", action="append", metavar="NAMES", help="run all but these")
+    parser.add_argument(
+        "--update-readme",
+        action="store_true",
+        help="rewrite the table between the README's bench-table markers from this run",
     )
     parser.add_argument(
         "--quick", action="store_true", help="small N and an 8 MiB file (smoke test)"
@@ -311,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    names = _selected(args.only)
+    names = _selected(args.only, args.skip)
+    core = [n for n in names if n in BENCHMARKS]
     quick = args.quick
     n_rtt = args.n or (200 if quick else 2000)
     big = (args.size_mib or (8 if quick else 64)) * MIB
@@ -332,14 +352,76 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="kite-bench-"))
     started = dt.datetime.now(dt.UTC)
+    machine = machine_info()  # the load average before this run adds to it
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    info: dict[str, Any] = {}
+    if core:
+        rows, skipped, failed, info = _run_core(args, config, core, big)
+    figures = bridge_figures(compare(rows)) if core else []
+    for name in names:
+        if name not in SUITES:
+            continue
+        print(f"[bench] running {name}: {SUITES[name][1]}", file=sys.stderr, flush=True)
+        try:
+            figures += run_suite(name, quick)
+        except SuiteSkipped as exc:
+            skipped[name] = str(exc)
+        except SuiteError as exc:
+            failed[name] = str(exc)
+            print(f"[bench] {name} FAILED: {exc}", file=sys.stderr)
+    doc: dict[str, Any] = {
+        "started_at": started.isoformat(timespec="seconds"),
+        "machine": machine,
+        "config": config,
+        "results": {
+            SYSTEM_OF[n]: {r.metric: r.to_json() for r in rows if r.system == SYSTEM_OF[n]}
+            for n in core
+            if n not in skipped and n not in failed
+        },
+        "rows": [r.to_json() for r in rows],
+        "comparisons": compare(rows),
+        "figures": [f.to_json() for f in figures],
+        "skipped": skipped,
+        "failed": failed,
+        "info": info,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    chart = args.output.with_suffix(".png")
+    has_chart = report.write_chart(doc, chart)
+    if args.update_readme and not report.update_readme(
+        REPO / "README.md", report.render_markdown(doc)
+    ):
+        print("[bench] README.md has no bench-table markers; left alone", file=sys.stderr)
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        if core:
+            print(render(doc))
+            print()
+        print(report.render_text(doc["figures"]))
+        for name, why in skipped.items():
+            print(f"SKIPPED {name}: {why}")
+        for name, why in failed.items():
+            print(f"FAILED {name}: {why}")
+        print(f"\nresults: {args.output}" + (f", chart: {chart}" if has_chart else ""))
+    return 1 if failed else 0
+
+
+def _run_core(
+    args: argparse.Namespace, config: dict[str, Any], core: list[str], big: int
+) -> tuple[list[Row], dict[str, str], dict[str, str], dict[str, Any]]:
+    """The bridge/echo/ssh benchmarks, sharing one fixture and scratch dir."""
+    tmp = Path(tempfile.mkdtemp(prefix="kite-bench-"))
     try:
         print(f"[bench] writing the test files ({big // MIB} MiB) in {tmp}", file=sys.stderr)
         ctx = BenchContext(
             tmp=tmp,
             fixture=make_fixture(tmp, big),
-            n_rtt=n_rtt,
+            n_rtt=config["n_rtt"],
             warmup_rtt=config["warmup_rtt"],
             n_exec=config["n_exec"],
             warmup_exec=config["warmup_exec"],
@@ -347,36 +429,14 @@ def main(argv: list[str] | None = None) -> int:
             profile_dir=args.profile.resolve() if args.profile else None,
         )
         try:
-            rows, skipped, failed = asyncio.run(run_benchmarks(ctx, names))
+            rows, skipped, failed = asyncio.run(run_benchmarks(ctx, core))
         finally:
             for extra in ctx.cleanup:
                 shutil.rmtree(extra, ignore_errors=True)
     finally:
         kill_leftovers()
         shutil.rmtree(tmp, ignore_errors=True)
-    doc: dict[str, Any] = {
-        "started_at": started.isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "config": config,
-        "results": {
-            SYSTEM_OF[n]: {r.metric: r.to_json() for r in rows if r.system == SYSTEM_OF[n]}
-            for n in names
-            if n not in skipped and n not in failed
-        },
-        "rows": [r.to_json() for r in rows],
-        "comparisons": compare(rows),
-        "skipped": skipped,
-        "failed": failed,
-        "info": ctx.info,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    if args.json:
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
-    else:
-        print(render(doc))
-        print(f"\nresults: {args.output}")
-    return 1 if failed else 0
+    return rows, skipped, failed, ctx.info
 
 
 if __name__ == "__main__":
