@@ -29,14 +29,16 @@ async function idbOp(mode, fn) {
 self.kiteStore = {
   get: (key) => idbOp("readonly", (s) => s.get(key)),
   put: (key, value) => idbOp("readwrite", (s) => s.put(value, key)),
+  delete: (key) => idbOp("readwrite", (s) => s.delete(key)),
 };
 
-// The device's X25519 key pair: generated once, non-extractable, kept in IndexedDB as CryptoKeys.
-self.kiteDeviceKey = async () => {
-  let pair = await self.kiteStore.get("device");
+// A device X25519 key pair (one per paired host, under `name`): generated once,
+// non-extractable, kept in IndexedDB as CryptoKeys.
+self.kiteDeviceKey = async (name = "device") => {
+  let pair = await self.kiteStore.get(name);
   if (!pair) {
     pair = await crypto.subtle.generateKey({ name: "X25519" }, false, ["deriveBits"]);
-    await self.kiteStore.put("device", { privateKey: pair.privateKey, publicKey: pair.publicKey });
+    await self.kiteStore.put(name, { privateKey: pair.privateKey, publicKey: pair.publicKey });
   }
   return pair;
 };
@@ -79,6 +81,7 @@ self.onmessage = async (e) => {
     else if (msg.type === "submit") kite.submit(msg.text);
     else if (msg.type === "approve") kite.approve(msg.id, msg.ok);
     else if (msg.type === "abort") kite.abort();
+    else if (kite) kite.handle(JSON.stringify(msg)); // sessions, files, settings, hosts (kite_web.App.handle)
   } catch (err) {
     postMessage({ type: "state", state: "error", detail: String(err && err.message ? err.message : err) });
   }
