@@ -35,7 +35,7 @@ the host key, the device registry and the audit log. See docs/security.md for th
 
 
 # Modules that add subcommands (each has `register(subparsers, common_parent_parser)`).
-EXTENSIONS = ("bridge.cli_agent", "bridge.cli_plugin")
+EXTENSIONS = ("bridge.cli_agent", "bridge.cli_plugin", "bridge.cli_tls")
 
 
 class CliError(Exception):
