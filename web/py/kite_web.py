@@ -1,37 +1,76 @@
 """The web app's Python side, running under Pyodide in a Web Worker (web/app/worker.js).
 
 The worker's JavaScript boots Pyodide, installs this module from the app's wheel and forwards
-the page's messages to `start`, `submit`, `approve` and `abort`; everything going back to the
-page is a plain dict passed to ``kitePost`` (a JS function on the worker's global). The device
-key is a non-extractable X25519 ``CryptoKeyPair`` that the worker's JS keeps in IndexedDB
-(``kiteDeviceKey``), so its private half never exists as bytes; the pinned host key and the
-bridge URL are stored there too (``kiteStore``).
+the page's messages: `start`, `submit`, `approve`, `abort`, and `handle` for everything else
+(sessions, files, settings, hosts: one JSON message each, dispatched by `App.handle`).
+Everything going back to the page is a plain dict passed to ``kitePost`` (a JS function on the
+worker's global).
 
-Connection: pairing (``kite.v1.pair``, XXpsk3) once with the link's secret, then ``kite.v1`` (XX)
-on every later visit; a lost connection is retried with exponential backoff, and the state the
-page shows (``pairing``/``ready``/``offline``/``error``) follows it.
+Keys: each paired host has its own non-extractable X25519 ``CryptoKeyPair`` that the worker's
+JS keeps in IndexedDB (``kiteDeviceKey(name)``), so a private half never exists as bytes; the
+host list (pinned host key, bridge URL, name), the settings and the session cache are JSON
+strings in the same store (``kiteStore``). Keys of the store:
+
+- ``hosts``: ``[{"id", "name", "url", "host", "key"}]``; ``current_host``: an id;
+- ``device:<host id>``: that host's device key pair (``device`` for the first, pre-list pairing);
+- ``settings``: ``{"route", "model", "api_key", "base_url", "permissions": {tool: action}}``;
+- ``session:<host id>:<session id>``: the SessionSync cache of a session;
+- ``sessions:<host id>``: the last session list seen (for offline reading);
+- ``current_session:<host id>``: the session shown, resumed after a reload.
+
+Connection: pairing (``kite.v1.pair``, XXpsk3) once per host with the link's secret, then
+``kite.v1`` (XX) on every later visit; a lost connection is retried with exponential backoff,
+and the state the page shows (``pairing``/``ready``/``offline``/``error``) follows it. A device
+the bridge refuses after the handshake (revoked) ends in ``error`` with a clear message rather
+than retrying forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from js import kiteDeviceKey, kitePost, kiteStore  # type: ignore[import-not-found]
 
 from agent_core.agent import events as ev
 from agent_core.agent.local import LocalProvider
-from agent_core.agent.loop import Agent
-from agent_core.agent.permissions import PermissionGate, PermissionReply, PermissionRequest
+from agent_core.agent.loop import Agent, LoopConfig, system_prompt
+from agent_core.agent.permissions import (
+    ACTIONS,
+    DEFAULT_RULES,
+    PermissionGate,
+    PermissionReply,
+    PermissionRequest,
+    Rule,
+    Ruleset,
+)
 from agent_core.agent.session import Session
+from agent_core.agent.sync import SessionSync, resume
 from agent_core.channel.handshake import SUBPROTOCOL_CONNECT, SUBPROTOCOL_PAIR
-from agent_core.client import KiteClient
+from agent_core.client import ChannelClosed, KiteClient
+from agent_core.llm.providers import make_provider
 from agent_core.pairing import b64url, b64url_decode, parse_link, websocket_url
+from agent_core.plugins.device import load_device_tools, with_tools  # Wasm plugins
+from agent_core.rpc.errors import ENOENT, RpcError
 from agent_core.runtime import default_crypto_backend, open_transport
 
 BACKOFF_MAX_S = 30.0
 DEVICE_NAME = "Kite web app"
+ROUTES = ("local", "bridge", "direct")
+# Permission keys the settings offer (write/apply_patch fold into edit).
+PERMISSION_TOOLS = ("read", "list", "glob", "grep", "edit", "bash")
+VIEW_MAX_LINES = 5000
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "route": "local",
+    "model": "",
+    "api_key": "",
+    "base_url": "",
+    "permissions": {},
+}
 
 
 def post(kind: str, **data: Any) -> None:
@@ -44,29 +83,173 @@ def state(name: str, detail: str = "") -> None:
     post("state", state=name, detail=detail)
 
 
+class Refused(Exception):
+    """The bridge completed the handshake and then closed: this device is not (or no longer)
+    registered there. Retrying cannot help; pairing again can."""
+
+
+async def store_get_json(key: str, default: Any = None) -> Any:
+    value = await kiteStore.get(key)
+    if not isinstance(value, str):
+        return default
+    try:
+        return json.loads(value)
+    except ValueError:
+        return default
+
+
+async def store_put_json(key: str, value: Any) -> None:
+    await kiteStore.put(key, json.dumps(value))
+
+
+class IdbCache:
+    """`CacheStorage` for SessionSync over IndexedDB. The seam is synchronous and IndexedDB is
+    not: entries are preloaded (`preload`) and every save is written behind, in order."""
+
+    def __init__(self, host_id: str) -> None:
+        self.host_id = host_id
+        self.data: dict[str, dict[str, Any]] = {}
+        self._writes: asyncio.Task[Any] | None = None
+
+    def key(self, session_id: str) -> str:
+        return f"session:{self.host_id}:{session_id}"
+
+    async def preload(self, session_id: str) -> dict[str, Any] | None:
+        data = await store_get_json(self.key(session_id))
+        if isinstance(data, dict) and data.get("id") == session_id:
+            self.data[session_id] = data
+            return data
+        return None
+
+    def load(self, session_id: str) -> dict[str, Any] | None:
+        return self.data.get(session_id)
+
+    def save(self, session_id: str, data: dict[str, Any]) -> None:
+        self.data[session_id] = data
+        text = json.dumps(data)
+        prev = self._writes
+
+        async def write() -> None:
+            if prev is not None:
+                with contextlib.suppress(Exception):
+                    await prev
+            await kiteStore.put(self.key(session_id), text)
+
+        self._writes = _spawn(write())
+
+    async def forget(self, session_id: str) -> None:
+        self.data.pop(session_id, None)
+        await kiteStore.delete(self.key(session_id))
+
+
+def history_items(session: Session) -> list[dict[str, Any]]:
+    """The conversation as the page draws it: user and assistant text, one card per tool call."""
+    results: dict[str, Any] = {}
+    for m in session.messages:
+        for p in m.parts:
+            if p.type == "tool_result":
+                results[p.call_id] = p
+    changed = {cs.call_id: cs for cs in session.changes}
+    items: list[dict[str, Any]] = []
+    for m in session.messages:
+        if m.role == "user":
+            text = m.text()
+            if text:
+                items.append({"kind": "user", "text": text})
+        elif m.role == "assistant":
+            text = m.text()
+            if text:
+                items.append({"kind": "assistant", "text": text})
+            for call in m.tool_calls():
+                r = results.get(call.id)
+                cs = changed.get(call.id)
+                items.append(
+                    {
+                        "kind": "tool",
+                        "id": call.id,
+                        "name": call.name,
+                        "args": call.arguments,
+                        "output": session.outputs.get(call.id) or (r.content if r else ""),
+                        "status": "error" if (r is None or r.is_error) else "ok",
+                        "changed": bool(cs and not cs.undone),
+                    }
+                )
+    return items
+
+
 class App:
-    """One bridge connection (kept alive) and one agent session over it."""
+    """The paired hosts, one live bridge connection, the session shown and its agent."""
 
     def __init__(self) -> None:
         self.backend = default_crypto_backend()
+        self.hosts: list[dict[str, Any]] = []
+        self.host: dict[str, Any] | None = None
         self.client: KiteClient | None = None
+        self.info: dict[str, Any] = {}
         self.agent: Agent | None = None
-        self.session = Session()
+        self.sync: SessionSync | None = None
+        self.cache: IdbCache | None = None
+        self.settings: dict[str, Any] = dict(DEFAULT_SETTINGS)
         self.approvals: dict[str, asyncio.Future[bool]] = {}
         self.connected = asyncio.Event()
-        self._runner: asyncio.Task[Any] | None = None
+        self._conn: asyncio.Task[Any] | None = None
 
-    # -- connection --------------------------------------------------------------------------
+    # -- hosts ---------------------------------------------------------------------------------
 
-    async def _static(self) -> Any:
-        pair = await kiteDeviceKey()
+    async def load(self) -> None:
+        """Read hosts and settings; turn a pre-host-list pairing (host/url/device) into a host."""
+        self.hosts = [h for h in await store_get_json("hosts", []) if isinstance(h, dict)]
+        if not self.hosts:
+            host, url = await kiteStore.get("host"), await kiteStore.get("url")
+            if isinstance(host, str) and isinstance(url, str):
+                entry = self._entry(url, host, key="device")
+                self.hosts = [entry]
+                await self._save_hosts(entry["id"])
+        saved = await store_get_json("settings", {})
+        if isinstance(saved, dict):
+            self.settings = {**DEFAULT_SETTINGS, **saved}
+        cur = await kiteStore.get("current_host")
+        self.host = next((h for h in self.hosts if h["id"] == cur), None) or (
+            self.hosts[0] if self.hosts else None
+        )
+
+    @staticmethod
+    def _entry(url: str, host_b64: str, key: str | None = None) -> dict[str, Any]:
+        hid = host_b64.replace("=", "")[:16]
+        return {
+            "id": hid,
+            "name": urlsplit(url).netloc or url,
+            "url": url,
+            "host": host_b64,
+            "key": key or f"device:{hid}",
+        }
+
+    async def _save_hosts(self, current: str | None) -> None:
+        await store_put_json("hosts", self.hosts)
+        if current is not None:
+            await kiteStore.put("current_host", current)
+
+    def post_hosts(self) -> None:
+        post(
+            "hosts",
+            hosts=[{"id": h["id"], "name": h["name"], "url": h["url"]} for h in self.hosts],
+            current=self.host["id"] if self.host else None,
+        )
+
+    async def _static(self, host: dict[str, Any]) -> Any:
+        pair = await kiteDeviceKey(host["key"])
         return await self.backend.keypair_from_crypto_keys(pair.privateKey, pair.publicKey)
 
-    async def pair(self, link_url: str) -> None:
-        """Pair with the link's bridge (XXpsk3), then remember its host key and URL."""
+    async def pair(self, link_url: str) -> dict[str, Any]:
+        """Pair with the link's bridge (XXpsk3), then add it to the hosts and make it current."""
         link = parse_link(link_url)
         state("pairing", "pairing with the bridge")
-        static = await self._static()
+        host_b64 = b64url(link.host_key)
+        entry = next((h for h in self.hosts if h["host"] == host_b64), None)
+        if entry is None:
+            entry = self._entry(link.base_url, host_b64)
+        entry["url"] = link.base_url
+        static = await self._static(entry)
         transport = await open_transport(websocket_url(link.base_url), SUBPROTOCOL_PAIR)
         client = await KiteClient.handshake(
             transport,
@@ -77,43 +260,65 @@ class App:
             psk=link.secret,
             info={"name": DEVICE_NAME},
         )
-        await client.call("sys.ping", timeout=10)  # the bridge really registered us
-        await kiteStore.put("host", b64url(link.host_key))
-        await kiteStore.put("url", link.base_url)
-        await client.close()
+        try:
+            await client.call("sys.ping", timeout=10)  # the bridge really registered us
+        finally:
+            await client.close()
+        self.hosts = [h for h in self.hosts if h["id"] != entry["id"]] + [entry]
+        await self._save_hosts(entry["id"])
+        self.host = entry
+        return entry
 
-    async def connect_once(self) -> KiteClient:
-        host = await kiteStore.get("host")
-        url = await kiteStore.get("url")
-        if not host or not url:
-            raise LookupError("not paired")
-        static = await self._static()
-        transport = await open_transport(websocket_url(str(url)), SUBPROTOCOL_CONNECT)
+    async def connect_once(self, host: dict[str, Any]) -> KiteClient:
+        static = await self._static(host)
+        transport = await open_transport(websocket_url(str(host["url"])), SUBPROTOCOL_CONNECT)
         client = await KiteClient.handshake(
             transport,
             self.backend,
             mode=SUBPROTOCOL_CONNECT,
             static=static,
-            host_key=b64url_decode(str(host)),
+            host_key=b64url_decode(str(host["host"])),
             info={"name": DEVICE_NAME},
         )
-        await client.call("sys.ping", timeout=10)
+        try:
+            await client.call("sys.ping", timeout=10)
+        except ChannelClosed as exc:
+            await client.close()
+            # The handshake passed our checks, then the bridge hung up: it does not know us.
+            if "1008" in str(exc):
+                raise Refused(str(exc)) from exc
+            raise
         return client
 
     async def run(self, link_url: str | None) -> None:
-        """Pair if asked, then stay connected, retrying with backoff."""
+        """Load the device's state, pair if asked, then connect to the current host."""
+        await self.load()
         if link_url:
             try:
                 await self.pair(link_url)
             except Exception as exc:
                 state("error", f"pairing failed: {exc}")
+                self.post_hosts()
                 return
+        self.post_hosts()
+        if self.host is None:
+            state("error", "this browser is not paired: open a pairing link (kite pair)")
+            return
+        await self._show_cached()
+        self._conn = _spawn(self._connect_loop(self.host))
+
+    async def _connect_loop(self, host: dict[str, Any]) -> None:
+        """Stay connected to `host`, retrying with backoff; ends on refusal or a host switch."""
         delay = 1.0
         while True:
             try:
-                self.client = await self.connect_once()
-            except LookupError:
-                state("error", "this browser is not paired: open a pairing link (kite pair)")
+                client = await self.connect_once(host)
+            except Refused:
+                state(
+                    "error",
+                    f"{host['name']} refused this device (it was revoked or is unknown there). "
+                    "Pair again with a new link from `kite pair`.",
+                )
                 return
             except Exception as exc:
                 state("offline", f"bridge unreachable ({exc}); retrying in {delay:.0f} s")
@@ -121,28 +326,167 @@ class App:
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             delay = 1.0
-            self._make_agent(self.client)
-            info = self.client.server_info or {}
-            state("ready", json.dumps(info.get("server", info), default=str))
+            self.client = client
+            try:
+                await self._on_connected(host, client)
+            except Exception as exc:  # the link broke while setting up: retry like a loss
+                state("offline", f"connection lost while starting ({exc}); reconnecting")
+                await client.close()
+                continue
             self.connected.set()
-            await self.client.wait_closed()
+            state("ready", json.dumps(self.info.get("bridge", client.server_info), default=str))
+            await client.wait_closed()
             self.connected.clear()
             if self.agent is not None:
                 self.agent.abort()
             state("offline", "connection lost; reconnecting")
 
-    def _make_agent(self, client: KiteClient) -> None:
-        local = LocalProvider()
-        self.agent = Agent(
-            local,
-            client,
-            session=self.session,
-            gate=PermissionGate(approve=self._approve),
-            on_event=self._on_event,
-            command_provider=local,
+    async def _on_connected(self, host: dict[str, Any], client: KiteClient) -> None:
+        try:
+            self.info = dict(await client.call("sys.info", timeout=10))
+        except RpcError:
+            self.info = {}
+        ws = self.info.get("workspace")
+        name = f"{ws} · {urlsplit(host['url']).netloc}" if ws else host["name"]
+        if name != host["name"]:
+            host["name"] = name
+            await self._save_hosts(None)
+            self.post_hosts()
+        if self.sync is not None and self.cache is not None and self.cache.host_id == host["id"]:
+            self.sync.client = client  # a reconnect: send what the bridge missed
+            await self.sync.push()
+        else:
+            cur = await kiteStore.get(f"current_session:{host['id']}")
+            await self._open_session(cur if isinstance(cur, str) else None)
+        # Wasm plugins hook (plugins helper; agent_core/plugins/device.py): the bridge's installed
+        # plugins, trust and hash checked here, run in this worker; refused ones become notices.
+        self.plugin_tools = await load_device_tools(
+            client, on_error=lambda e: post("notice", text=f"plugin not loaded: {e}")
+        )
+        self._make_agent()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _cache(self) -> IdbCache:
+        assert self.host is not None
+        if self.cache is None or self.cache.host_id != self.host["id"]:
+            self.cache = IdbCache(self.host["id"])
+        return self.cache
+
+    async def _show_cached(self) -> None:
+        """Before any connection: the current session as this device last saw it (offline)."""
+        assert self.host is not None
+        cur = await kiteStore.get(f"current_session:{self.host['id']}")
+        if not isinstance(cur, str):
+            return
+        data = await self._cache().preload(cur)
+        if data is None:
+            return
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            session = Session.from_json(data)
+            self._post_history(session)
+
+    def _post_history(self, session: Session) -> None:
+        post(
+            "history",
+            session={"id": session.id, "title": session.title},
+            items=history_items(session),
         )
 
-    # -- the agent ------------------------------------------------------------------------------
+    async def _open_session(self, session_id: str | None) -> None:
+        """Make `session_id` (resumed from the bridge and the cache) or a new one current."""
+        assert self.host is not None and self.client is not None
+        cache = self._cache()
+        model = self.settings.get("model", "")
+        sync: SessionSync | None = None
+        if session_id:
+            await cache.preload(session_id)
+            try:
+                sync = await resume(self.client, session_id, cache=cache, model=model)
+            except RpcError as exc:
+                if exc.code != ENOENT:
+                    raise
+        if sync is None:
+            sync = SessionSync(self.client, Session(), cache=cache, model=model, synced=None)
+        self.sync = sync
+        await kiteStore.put(f"current_session:{self.host['id']}", sync.session.id)
+        self._post_history(sync.session)
+        if self.client is not None and self.connected.is_set():
+            self._make_agent()
+
+    async def list_sessions(self) -> None:
+        assert self.host is not None
+        key = f"sessions:{self.host['id']}"
+        offline = not self.connected.is_set() or self.client is None
+        if offline:
+            sessions = await store_get_json(key, [])
+        else:
+            assert self.client is not None
+            res = await self.client.call("session.list", {"limit": 200}, timeout=15)
+            sessions = [
+                {k: s.get(k) for k in ("id", "title", "updated_at", "messages")}
+                for s in res.get("sessions", [])
+            ]
+            await store_put_json(key, sessions)
+        cur = self.sync.session if self.sync is not None else None
+        if cur is not None and not any(s["id"] == cur.id for s in sessions):
+            # The current session is not on the bridge yet (nothing sent): list it anyway.
+            sessions.insert(
+                0,
+                {
+                    "id": cur.id,
+                    "title": cur.title,
+                    "updated_at": cur.created_at,
+                    "messages": len(cur.messages),
+                },
+            )
+        post("sessions", sessions=sessions, current=cur.id if cur else None, offline=offline)
+
+    # -- the agent -----------------------------------------------------------------------------
+
+    def _provider(self) -> tuple[Any, str | None]:
+        """The model route from the settings; (provider, why it fell back to local)."""
+        local = LocalProvider()
+        route = self.settings.get("route", "local")
+        model = str(self.settings.get("model") or "").strip()
+        if route == "local" or not model:
+            return local, (None if route == "local" else "no model set: local commands only")
+        try:
+            if route == "bridge":
+                return make_provider(model, route="bridge", client=self.client), None
+            return make_provider(
+                model,
+                route="direct",
+                api_key=self.settings.get("api_key") or None,
+                base_url=self.settings.get("base_url") or None,
+            ), None
+        except (ValueError, RuntimeError) as exc:
+            return local, f"{exc}; using local commands only"
+
+    def _ruleset(self) -> Ruleset:
+        rules = list(DEFAULT_RULES)
+        for tool, action in (self.settings.get("permissions") or {}).items():
+            if tool in PERMISSION_TOOLS and action in ACTIONS:
+                rules.append(Rule(tool, "*", action))
+        return Ruleset(rules)
+
+    def _make_agent(self) -> None:
+        if self.client is None or self.sync is None:
+            return
+        provider, warning = self._provider()
+        config = LoopConfig(system=system_prompt(self.info, time.strftime("%Y-%m-%d")))
+        self.agent = Agent(
+            provider,
+            self.client,
+            session=self.sync.session,
+            gate=PermissionGate(self._ruleset(), approve=self._approve),
+            config=config,
+            on_event=self.sync.wrap(self._on_event),
+            command_provider=LocalProvider(),
+        )
+        self.agent.registry = with_tools(self.agent.registry, getattr(self, "plugin_tools", []))
+        if warning:
+            post("notice", text=warning)
 
     async def _approve(self, request: PermissionRequest) -> PermissionReply:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -182,6 +526,8 @@ class App:
             )
         elif isinstance(event, ev.Finished):
             post("finished", reason=event.reason, error=event.error)
+            if self.sync is not None:
+                post("session", id=self.sync.session.id, title=self.sync.session.title)
 
     async def submit(self, text: str) -> None:
         if self.agent is None or not self.connected.is_set():
@@ -194,16 +540,218 @@ class App:
             await self.agent.run(text)
         except Exception as exc:
             post("finished", reason="error", error=str(exc))
+        if self.sync is not None and self.sync.error:
+            post("notice", text=self.sync.error)
+
+    # -- the page's other requests -------------------------------------------------------------
+
+    def _need_client(self) -> KiteClient:
+        if self.client is None or not self.connected.is_set():
+            raise RuntimeError("not connected to the bridge")
+        return self.client
+
+    def _idle(self) -> None:
+        if self.agent is not None and self.agent.running:
+            raise RuntimeError("the agent is busy: stop it first")
+
+    async def handle(self, msg: dict[str, Any]) -> None:
+        """One request from the page; failures go back as `op_error` and change nothing."""
+        op = str(msg.get("type", ""))
+        fn = getattr(self, "op_" + op, None)
+        if fn is None:
+            post("op_error", op=op, error=f"unknown request {op!r}")
+            return
+        try:
+            await fn(msg)
+        except RpcError as exc:
+            post("op_error", op=op, error=f"{exc.code}: {exc.message}")
+        except Exception as exc:
+            post("op_error", op=op, error=str(exc) or type(exc).__name__)
+
+    async def op_sessions(self, msg: dict[str, Any]) -> None:
+        await self.list_sessions()
+
+    async def op_session_new(self, msg: dict[str, Any]) -> None:
+        self._need_client()
+        self._idle()
+        await self._open_session(None)
+        await self.list_sessions()
+
+    async def op_session_open(self, msg: dict[str, Any]) -> None:
+        self._need_client()
+        self._idle()
+        await self._open_session(str(msg["id"]))
+        await self.list_sessions()
+
+    async def op_session_rename(self, msg: dict[str, Any]) -> None:
+        client = self._need_client()
+        sid, title = str(msg["id"]), str(msg.get("title", "")).strip()
+        if not title:
+            raise ValueError("a title cannot be empty")
+        cur = self.sync.session if self.sync is not None else None
+        if cur is not None and cur.id == sid and self.sync is not None and self.sync.synced is None:
+            cur.title = title  # not on the bridge yet: the first push carries the title
+        else:
+            await client.call("session.rename", {"id": sid, "title": title}, timeout=15)
+        if cur is not None and cur.id == sid:
+            cur.title = title  # later appends send the title too: keep them in agreement
+            post("session", id=cur.id, title=title)
+        await self.list_sessions()
+
+    async def op_session_delete(self, msg: dict[str, Any]) -> None:
+        client = self._need_client()
+        sid = str(msg["id"])
+        cur = self.sync.session if self.sync is not None else None
+        if cur is not None and cur.id == sid:
+            self._idle()
+        if not (cur is not None and cur.id == sid and self.sync and self.sync.synced is None):
+            await client.call("session.delete", {"id": sid}, timeout=15)
+        await self._cache().forget(sid)
+        if cur is not None and cur.id == sid:
+            await self._open_session(None)
+        await self.list_sessions()
+
+    async def op_files(self, msg: dict[str, Any]) -> None:
+        client = self._need_client()
+        path = str(msg.get("path") or ".")
+        res = await client.call("fs.list", {"path": path, "limit": 1000}, timeout=15)
+        post("files", path=path, entries=res.get("entries", []), truncated=res.get("truncated"))
+
+    async def op_file_read(self, msg: dict[str, Any]) -> None:
+        client = self._need_client()
+        path = str(msg["path"])
+        try:
+            res = await client.call(
+                "fs.read", {"path": path, "start_line": 1, "end_line": VIEW_MAX_LINES}, timeout=30
+            )
+        except RpcError as exc:
+            if exc.code == "EINVAL" and "UTF-8" in exc.message:
+                post("file", path=path, content=None, binary=True)
+                return
+            raise
+        post(
+            "file",
+            path=path,
+            content=res.get("content", ""),
+            size=res.get("size"),
+            total_lines=res.get("total_lines"),
+            truncated=bool(res.get("truncated")) or (res.get("total_lines") or 0) > VIEW_MAX_LINES,
+        )
+
+    def post_settings(self, saved: bool = False) -> None:
+        s = self.settings
+        post(
+            "settings",
+            route=s.get("route", "local"),
+            model=s.get("model", ""),
+            base_url=s.get("base_url", ""),
+            key_set=bool(s.get("api_key")),  # the key itself never goes back to the page
+            permissions=s.get("permissions") or {},
+            tools=list(PERMISSION_TOOLS),
+            saved=saved,
+        )
+
+    async def op_settings(self, msg: dict[str, Any]) -> None:
+        self.post_settings()
+
+    async def op_settings_set(self, msg: dict[str, Any]) -> None:
+        """Validate everything first; a bad value changes nothing."""
+        self._idle()
+        route = msg.get("route", self.settings["route"])
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}")
+        model = str(msg.get("model", "")).strip()
+        if route != "local" and model:
+            name, sep, rest = model.partition("/")
+            if not sep or not rest or name not in ("openai", "anthropic"):
+                raise ValueError("model must be openai/<model> or anthropic/<model>")
+        perms = msg.get("permissions", {})
+        if not isinstance(perms, dict):
+            raise ValueError("permissions must be an object")
+        clean: dict[str, str] = {}
+        for tool, action in perms.items():
+            if tool not in PERMISSION_TOOLS:
+                raise ValueError(f"unknown tool {tool!r}")
+            if action in ("", "default", None):
+                continue
+            if action not in ACTIONS:
+                raise ValueError(f"{tool}: {action!r} is not allow, ask or deny")
+            clean[tool] = action
+        new = dict(self.settings)
+        new.update(route=route, model=model, permissions=clean)
+        new["base_url"] = str(msg.get("base_url", "")).strip()
+        if msg.get("api_key"):
+            new["api_key"] = str(msg["api_key"])
+        if msg.get("clear_key"):
+            new["api_key"] = ""
+        await store_put_json("settings", new)
+        self.settings = new
+        self._make_agent()
+        self.post_settings(saved=True)
+
+    async def op_hosts(self, msg: dict[str, Any]) -> None:
+        self.post_hosts()
+
+    async def _switch(self, host: dict[str, Any]) -> None:
+        self._idle()
+        if self._conn is not None:
+            self._conn.cancel()
+            with contextlib.suppress(BaseException):
+                await self._conn
+        if self.client is not None:
+            await self.client.close()
+        self.connected.clear()
+        self.client = self.agent = self.sync = None
+        self.host = host
+        await self._save_hosts(host["id"])
+        self.post_hosts()
+        post("history", session=None, items=[])
+        state("offline", f"connecting to {host['name']}")
+        await self._show_cached()
+        self._conn = _spawn(self._connect_loop(host))
+
+    async def op_host_switch(self, msg: dict[str, Any]) -> None:
+        host = next((h for h in self.hosts if h["id"] == msg.get("id")), None)
+        if host is None:
+            raise ValueError("no such host")
+        await self._switch(host)
+
+    async def op_host_add(self, msg: dict[str, Any]) -> None:
+        self._idle()
+        link = str(msg.get("link", "")).strip()
+        parse_link(link)  # a clear error before anything changes
+        old = self.host
+        try:
+            entry = await self.pair(link)
+        except Exception:
+            self.host = old
+            if old is not None and self.connected.is_set():
+                state("ready", "")
+            raise
+        await self._switch(entry)
+
+    async def op_host_remove(self, msg: dict[str, Any]) -> None:
+        hid = msg.get("id")
+        if self.host is not None and self.host["id"] == hid:
+            raise ValueError("switch to another host before removing this one")
+        host = next((h for h in self.hosts if h["id"] == hid), None)
+        if host is None:
+            raise ValueError("no such host")
+        self.hosts = [h for h in self.hosts if h["id"] != hid]
+        await self._save_hosts(None)
+        await kiteStore.delete(host["key"])  # the device key for that host is gone for good
+        self.post_hosts()
 
 
 APP: App | None = None
 _tasks: set[asyncio.Task[Any]] = set()
 
 
-def _spawn(coro: Any) -> None:
+def _spawn(coro: Any) -> asyncio.Task[Any]:
     task = asyncio.ensure_future(coro)
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+    return task
 
 
 def start(link_url: str | None) -> None:
@@ -230,4 +778,10 @@ def abort() -> None:
         APP.agent.abort()
 
 
-__all__ = ["abort", "approve", "start", "submit"]
+def handle(message: str) -> None:
+    """Any other request from the page, as JSON (see `App.handle`)."""
+    assert APP is not None
+    _spawn(APP.handle(json.loads(message)))
+
+
+__all__ = ["abort", "approve", "handle", "start", "submit"]
