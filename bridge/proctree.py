@@ -20,6 +20,15 @@ with the cookie of a finished command. Never any other child: asyncio and `subpr
 
 Signals are sent through a pidfd after checking the start time, so a pid recycled since the
 scan is never hit. Without /proc (macOS, BSD) only the process group is signalled.
+
+A bridge killed with SIGKILL (or by the OOM killer) runs no cleanup, and its commands, leaders of
+their own sessions, would live on as orphans. So `enable_subreaper()` also starts a supervisor:
+a small separate process (`python -c ...`, its own session so a terminal's Ctrl-C does not reach
+it) that reads, on a pipe, which commands are running (cookie, leader pid and start time, kill
+grace). Only the bridge holds the pipe's write end; the kernel closes it however the bridge dies.
+At end of file the supervisor ends the tree of every command still listed, exactly as a
+cancel would (`ProcessTree.terminate`), then exits. PR_SET_PDEATHSIG alone would not do: it
+reaches only the direct child, not `sleep 300 &` inside a shell or a process that left the group.
 """
 
 from __future__ import annotations
@@ -29,10 +38,12 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 COOKIE_VAR = "KITE_EXEC_ID"
 HAVE_PROC = sys.platform.startswith("linux") and os.path.isdir("/proc/self")
@@ -160,6 +171,7 @@ def enable_subreaper() -> bool:
 
     Without it they go to init, which in a container without an init never reaps them. The
     attribute is per process and not inherited across fork, so it stays with the bridge.
+    Also starts the supervisor that ends running commands if the bridge is killed.
     """
     global _subreaper
     if not HAVE_PROC:
@@ -169,17 +181,25 @@ def enable_subreaper() -> bool:
         _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         _subreaper = False
+    _SUPERVISOR.start()
     return _subreaper
 
 
 def command_started(cookie: str) -> None:
     """Call before spawning: until `command_finished`, nothing with this cookie is adopted."""
     _active_cookies.add(cookie)
+    _SUPERVISOR.send(f"+ {cookie}\n")
+
+
+def command_spawned(cookie: str, tree: ProcessTree, grace: float) -> None:
+    """Call once the leader runs: the supervisor can now also end its process group."""
+    _SUPERVISOR.send(f"= {cookie} {tree.pid} {tree.not_before} {max(0.0, grace):.3f}\n")
 
 
 def command_finished(cookie: str) -> None:
     """Call after the command's leader was reaped: adopt its orphans, reap dead adoptees."""
     _active_cookies.discard(cookie)
+    _SUPERVISOR.send(f"- {cookie}\n")
     reap_adopted()
 
 
@@ -236,16 +256,26 @@ def send_signal(ref: ProcRef, sig: int) -> bool:
 class ProcessTree:
     """The processes one command started: its session/group, their descendants, the cookie."""
 
-    def __init__(self, pid: int, cookie: str | None = None) -> None:
-        self.pid = pid
-        self.pgid = pid  # started with start_new_session=True: leader of session and group
+    def __init__(self, pid: int | None, cookie: str | None = None, not_before: int = 0) -> None:
+        """`pid` None: the leader is unknown or gone, so only the cookie identifies the tree
+        (and only processes started at or after `not_before`, in clock ticks since boot)."""
+        self.pid = pid if pid is not None else -1
+        # Started with start_new_session=True: leader of session and group. None: no group.
+        self.pgid: int | None = pid
         self._needle = f"\0{COOKIE_VAR}={cookie}\0".encode() if cookie else None
-        st = _stat(pid) if HAVE_PROC else None
+        st = _stat(pid) if HAVE_PROC and pid is not None else None
         # Anything of ours started at or after the leader; older processes are never candidates.
-        self._not_before = st.start if st else 0
+        self._not_before = st.start if st else not_before
+
+    @property
+    def not_before(self) -> int:
+        """The leader's start time (clock ticks since boot), 0 if unknown."""
+        return self._not_before
 
     def group_exists(self) -> bool:
         """Whether anything (zombies included) is still in the command's process group."""
+        if self.pgid is None:
+            return False
         try:
             os.killpg(self.pgid, 0)
         except ProcessLookupError:
@@ -295,7 +325,9 @@ class ProcessTree:
         for st in stats.values():
             if st.pid in (me, 1):
                 continue
-            in_group = st.pid == self.pid or st.pgrp == self.pgid or st.sid == self.pgid
+            in_group = self.pgid is not None and (
+                st.pid == self.pid or st.pgrp == self.pgid or st.sid == self.pgid
+            )
             if in_group or (self._has_cookie(st) and (daemons or _holds_pipe(st.pid, pipes))):
                 seeds.append(st.pid)
         found: set[int] = set()
@@ -320,6 +352,8 @@ class ProcessTree:
                 _reap(pid)
 
     def _killpg(self, sig: int) -> None:
+        if self.pgid is None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pgid, sig)
 
@@ -373,3 +407,98 @@ class ProcessTree:
             await asyncio.sleep(_POLL_S)
         self._killpg(signal.SIGKILL)
         return 1
+
+
+# -- the supervisor: ends running commands when the bridge dies without cleaning up -----------
+
+_SUPERVISOR_CODE = (
+    "import sys; sys.path.insert(0, sys.argv[1]); "
+    "from bridge.proctree import supervise; supervise(sys.stdin.buffer)"
+)
+
+
+class _Supervisor:
+    """The bridge's end of the pipe to the supervisor process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+
+    @property
+    def running(self) -> bool:
+        return self._fd >= 0 and self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> bool:
+        """Start it once per process (Linux only); False if it could not be started."""
+        if self._fd >= 0 or not HAVE_PROC:
+            return self._fd >= 0
+        read_fd, write_fd = os.pipe()  # both non-inheritable: commands never hold the pipe
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _SUPERVISOR_CODE, root],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,  # no terminal signals: it must outlive the bridge
+            )
+        except OSError:
+            os.close(write_fd)
+            return False
+        finally:
+            os.close(read_fd)
+        self._fd = write_fd
+        return True
+
+    def send(self, line: str) -> None:
+        """One whole line per write (well under PIPE_BUF, so atomic)."""
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, line.encode("ascii"))
+        except OSError:  # the supervisor is gone: commands are still ended on a clean exit
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+
+
+_SUPERVISOR = _Supervisor()
+
+
+def supervisor_pid() -> int | None:
+    """The supervisor's pid in this process, if one runs (tests and diagnostics)."""
+    return _SUPERVISOR.proc.pid if _SUPERVISOR.running and _SUPERVISOR.proc else None
+
+
+def supervise(stream: Any) -> None:
+    """The supervisor process: track commands from `stream`; at its end, end what is left.
+
+    Lines: `+ COOKIE` (about to spawn), `= COOKIE PID START GRACE` (spawned), `- COOKIE`
+    (finished). Malformed lines (a bridge killed mid-write) are ignored.
+    """
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_IGN)
+    running: dict[str, tuple[int | None, int, float]] = {}
+    for raw in stream:
+        parts = raw.decode("ascii", "replace").split()
+        try:
+            if parts[0] == "+" and len(parts) == 2:
+                running[parts[1]] = (None, 0, 2.0)
+            elif parts[0] == "=" and len(parts) == 5:
+                running[parts[1]] = (int(parts[2]), int(parts[3]), float(parts[4]))
+            elif parts[0] == "-" and len(parts) == 2:
+                running.pop(parts[1], None)
+        except (IndexError, ValueError):
+            continue
+    if running:
+        asyncio.run(_end_all(running))
+
+
+async def _end_all(running: dict[str, tuple[int | None, int, float]]) -> None:
+    trees = []
+    for cookie, (pid, start, grace) in running.items():
+        if pid is not None:
+            st = _stat(pid)
+            if st is None or st.start != start:
+                pid = None  # the leader is gone (its pid may be someone else's now)
+        trees.append(ProcessTree(pid, cookie, not_before=start).terminate(grace))
+    await asyncio.gather(*trees, return_exceptions=True)

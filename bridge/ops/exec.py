@@ -21,6 +21,8 @@ streamed or not), `leftovers_killed`, `timeout_s` (the timeout applied), and whe
 Process lifetime: the command leads a new session/process group. On timeout, cancellation
 (client `cancel` or disconnect) and bridge shutdown the whole tree is ended, including
 processes that left the group (see bridge.proctree): SIGTERM, `exec_kill_grace_s`, SIGKILL.
+If the bridge itself is killed (SIGKILL, OOM), its supervisor process does the same for every
+command still running (bridge.proctree, "the supervisor").
 When the command exits by itself, whatever is still in its process group, or still holds its
 output pipes, is ended the same way and counted in `leftovers_killed`: a request's processes do
 not outlive it. A process that deliberately daemonized (new session and its own output, e.g.
@@ -394,6 +396,7 @@ async def exec_run(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
 
     tree = ProcessTree(transport.get_pid(), cookie)
     _RUNNING[tree] = grace
+    proctree.command_spawned(cookie, tree, grace)
     out = _Output(ctx, int(policy.exec_output_cap_bytes))
     pumps = [
         loop.create_task(out.pump("stdout", pipes.stdout)),
