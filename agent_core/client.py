@@ -3,6 +3,14 @@
 It takes a ByteTransport (websockets on CPython, the browser WebSocket under Pyodide) and a crypto
 backend, runs the Kite handshake, then multiplexes requests: each `call` gets an id, stream events
 go to the caller's callback, binary chunks to its chunk callback, and the response ends it.
+
+Receiving has two modes. The general one is a reader task that awaits `transport.recv()`,
+decrypts and dispatches. When the transport can push messages (`start_push`, CPython's
+websockets) and the crypto backend is synchronous, messages are instead decrypted and dispatched
+in the transport's own callback: a reply resolves its caller's future in the step it arrived in,
+with no reader task in between. A stream callback that returns an awaitable switches push mode to
+a backlog (drained in order by a task, reading paused while it is long), so ordering and flow
+control are the same in both modes.
 """
 
 from __future__ import annotations
@@ -11,7 +19,8 @@ import asyncio
 import contextlib
 import inspect
 import itertools
-from collections.abc import AsyncIterable, Callable
+from collections import deque
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 from agent_core.channel.crypto import CryptoBackend, CryptoError, KeyPair
@@ -31,6 +40,10 @@ from agent_core.transport.base import ByteTransport, TransportClosed
 OnEvent = Callable[[str, Any], Any]
 OnChunk = Callable[[bytes, bool], Any]
 
+BACKLOG_HIGH = 64
+"""Push mode: pause reading from the network when this many messages wait for a slow callback."""
+BACKLOG_LOW = 16
+
 
 class ChannelClosed(ConnectionError):
     """The channel is gone: closed by the bridge, the network, or a failed integrity check."""
@@ -47,11 +60,6 @@ class _Pending:
         self.on_chunk = on_chunk
 
 
-async def _maybe_await(value: Any) -> None:
-    if inspect.isawaitable(value):
-        await value
-
-
 class KiteClient:
     """One authenticated connection to a bridge."""
 
@@ -64,7 +72,21 @@ class KiteClient:
         self._pending: dict[int, _Pending] = {}
         self._send_lock = asyncio.Lock()
         self._closed: BaseException | None = None
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop())
+        self._backlog: deque[Any] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._paused = False
+        loop = asyncio.get_running_loop()
+        start_push = getattr(transport, "start_push", None)
+        self.push_mode = bool(
+            getattr(self._channel, "sync", False)
+            and start_push is not None
+            and start_push(self._on_message)
+        )
+        """True when replies are handled in the transport's callback (see the module doc)."""
+        if self.push_mode:
+            self._reader = loop.create_task(self._watch_closed())
+        else:
+            self._reader = loop.create_task(self._read_loop())
 
     @classmethod
     async def handshake(
@@ -95,10 +117,14 @@ class KiteClient:
     async def _send_plain(self, frames: list[bytes]) -> None:
         if self._closed is not None:
             raise ChannelClosed(str(self._closed))
+        channel = self._channel
         async with self._send_lock:  # nonce order must equal wire order
             for frame in frames:
                 try:
-                    await self.transport.send(await self._channel.encrypt(frame))
+                    if channel.sync:
+                        await self.transport.send(channel.encrypt_sync(frame))
+                    else:
+                        await self.transport.send(await channel.encrypt(frame))
                 except TransportClosed as exc:
                     raise ChannelClosed(str(exc)) from exc
 
@@ -176,12 +202,9 @@ class KiteClient:
                 item = self._decoder.feed(plain)
                 if item is None:
                     continue
-                if isinstance(item, Chunk):
-                    p = self._pending.get(item.id)
-                    if p is not None and p.on_chunk is not None:
-                        await _maybe_await(p.on_chunk(item.payload, item.final))
-                    continue
-                await self._dispatch(item)
+                waiting = self._deliver(item)
+                if waiting is not None:
+                    await waiting
         except (TransportClosed, NoiseError, CryptoError, FrameError, ValueError) as exc:
             self._fail(exc)
         except asyncio.CancelledError:
@@ -191,24 +214,107 @@ class KiteClient:
             self._fail(exc)
             raise
 
-    async def _dispatch(self, env: dict[str, Any]) -> None:
+    def _on_message(self, frame: bytes) -> None:
+        """Push mode: one message, straight from the transport's receive callback."""
+        if self._closed is not None:
+            return
+        try:
+            item = self._decoder.feed(self._channel.decrypt_sync(frame))
+        except (NoiseError, CryptoError, FrameError, ValueError) as exc:
+            self._fail(exc)
+            return
+        if item is None:
+            return
+        backlog = self._backlog
+        if backlog is not None:  # a callback is still being awaited: keep the order
+            backlog.append(item)
+            if len(backlog) >= BACKLOG_HIGH and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()  # type: ignore[attr-defined]
+            return
+        try:
+            waiting = self._deliver(item)
+        except BaseException as exc:  # a callback raised: the channel state is unknown
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if waiting is not None:
+            self._backlog = deque()
+            self._drainer = asyncio.get_running_loop().create_task(self._drain(waiting))
+
+    async def _drain(self, waiting: Awaitable[Any]) -> None:
+        """Push mode: await a stream callback, then deliver what arrived meanwhile, in order."""
+        backlog = self._backlog
+        assert backlog is not None
+        try:
+            await waiting
+            while backlog and self._closed is None:
+                item = backlog.popleft()
+                if self._paused and len(backlog) <= BACKLOG_LOW:
+                    self._paused = False
+                    self.transport.resume_reading()  # type: ignore[attr-defined]
+                waiting = self._deliver(item)
+                if waiting is not None:
+                    await waiting
+        except asyncio.CancelledError:
+            self._fail(ChannelClosed("client closed"))
+            raise
+        except BaseException as exc:  # a callback raised: the channel state is unknown
+            self._fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._backlog = None
+            if self._paused:
+                self._paused = False
+                with contextlib.suppress(Exception):
+                    self.transport.resume_reading()  # type: ignore[attr-defined]
+
+    async def _watch_closed(self) -> None:
+        """Push mode: fail the channel when the transport closes (after the backlog is out)."""
+        try:
+            reason = await self.transport.wait_closed()  # type: ignore[attr-defined]
+            if self._drainer is not None:
+                with contextlib.suppress(BaseException):
+                    await self._drainer
+            self._fail(TransportClosed(reason))
+        except asyncio.CancelledError:
+            self._fail(ChannelClosed("client closed"))
+            raise
+
+    def _deliver(self, item: dict[str, Any] | Chunk) -> Awaitable[Any] | None:
+        """Hand one envelope or chunk to its request; return what a callback left to await."""
+        if isinstance(item, Chunk):
+            p = self._pending.get(item.id)
+            if p is not None and p.on_chunk is not None:
+                out = p.on_chunk(item.payload, item.final)
+                if out is not None and inspect.isawaitable(out):
+                    return out
+            return None
+        return self._dispatch(item)
+
+    def _dispatch(self, env: dict[str, Any]) -> Awaitable[Any] | None:
         req_id = env.get("id")
         p = self._pending.get(req_id) if isinstance(req_id, int) else None
         if "event" in env:
             if p is not None and p.on_event is not None:
-                await _maybe_await(p.on_event(str(env["event"]), env.get("data")))
-            return
+                out = p.on_event(str(env["event"]), env.get("data"))
+                if out is not None and inspect.isawaitable(out):
+                    return out
+            return None
         if p is None:
             if req_id is None and env.get("ok") is False:
                 # A protocol-level error the bridge could not tie to a request.
                 self._fail(RpcError.from_wire(env.get("error")))
-            return
+            return None
         if p.future.done():
-            return
+            return None
         if env.get("ok") is True:
             p.future.set_result(env.get("result") or {})
         else:
             p.future.set_exception(RpcError.from_wire(env.get("error")))
+        return None
 
     def _fail(self, exc: BaseException) -> None:
         if self._closed is None:
@@ -230,6 +336,11 @@ class KiteClient:
 
     async def close(self) -> None:
         self._reader.cancel()
+        if self._drainer is not None:
+            self._drainer.cancel()
         with contextlib.suppress(BaseException):
             await self._reader
+        if self._drainer is not None:
+            with contextlib.suppress(BaseException):
+                await self._drainer
         await self.transport.close()

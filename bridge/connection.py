@@ -63,13 +63,20 @@ _END = object()
 
 
 class _Request:
-    __slots__ = ("chunks", "op", "started", "task")
+    __slots__ = ("_chunks", "op", "started", "task")
 
     def __init__(self, op: str) -> None:
         self.op = op
         self.task: asyncio.Task[None] | None = None
-        self.chunks: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self._chunks: asyncio.Queue[Any] | None = None
         self.started = time.monotonic()
+
+    @property
+    def chunks(self) -> asyncio.Queue[Any]:
+        """The upload queue, made on first use: most requests never receive a chunk."""
+        if self._chunks is None:
+            self._chunks = asyncio.Queue(maxsize=64)
+        return self._chunks
 
 
 class Connection:
@@ -83,6 +90,9 @@ class Connection:
         self._requests: dict[int, _Request] = {}
         self._decoder = FrameDecoder()
         self._closing = False
+        self._last_rx = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_close: asyncio.Task[None] | None = None
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -154,40 +164,60 @@ class Connection:
             await self._abort_requests()
 
     async def _serve(self) -> None:
-        assert self._transport is not None
-        idle = self.bridge.config.idle_timeout_s
-        while True:
-            try:
-                async with asyncio.timeout(idle):  # no extra task per frame, unlike wait_for
-                    frame = await self.ws.recv()
-            except TimeoutError:
-                await self.ws.close(1000, "idle timeout")
-                return
-            except ConnectionClosed:
-                return
-            if isinstance(frame, str):
-                await self.close(CLOSE_POLICY, "binary frames only")
-                return
-            try:
-                plain = await self._transport.decrypt(frame)
-            except (NoiseError, CryptoError):
-                log.warning("closing %s: frame failed authentication", self._who())
-                await self.close(CLOSE_POLICY, "integrity check failed")
-                return
-            try:
-                item = self._decoder.feed(plain)
-            except FrameError as exc:
-                await self.close(CLOSE_POLICY, f"framing error: {exc}"[:120])
-                return
-            except ValueError as exc:  # malformed JSON: answer, keep the session
-                await self.send_envelope(_error(None, RpcError(EINVAL, f"malformed JSON: {exc}")))
-                continue
-            if item is None:
-                continue
-            if isinstance(item, Chunk):
-                await self._route_chunk(item)
-            else:
-                await self._on_envelope(item)
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        # One timer for the idle limit, re-armed lazily, instead of a timeout context per frame.
+        self._last_rx = loop.time()
+        self._idle_handle = loop.call_later(self.bridge.config.idle_timeout_s, self._idle_check)
+        recv = self.ws.recv
+        decrypt = transport.decrypt_sync if transport.sync else None
+        feed = self._decoder.feed
+        try:
+            while True:
+                try:
+                    frame = await recv()
+                except ConnectionClosed:
+                    return
+                self._last_rx = loop.time()
+                if isinstance(frame, str):
+                    await self.close(CLOSE_POLICY, "binary frames only")
+                    return
+                try:
+                    plain = decrypt(frame) if decrypt else await transport.decrypt(frame)
+                except (NoiseError, CryptoError):
+                    log.warning("closing %s: frame failed authentication", self._who())
+                    await self.close(CLOSE_POLICY, "integrity check failed")
+                    return
+                try:
+                    item = feed(plain)
+                except FrameError as exc:
+                    await self.close(CLOSE_POLICY, f"framing error: {exc}"[:120])
+                    return
+                except ValueError as exc:  # malformed JSON: answer, keep the session
+                    await self.send_envelope(
+                        _error(None, RpcError(EINVAL, f"malformed JSON: {exc}"))
+                    )
+                    continue
+                if item is None:
+                    continue
+                if isinstance(item, Chunk):
+                    await self._route_chunk(item)
+                else:
+                    await self._on_envelope(item)
+        finally:
+            if self._idle_handle is not None:
+                self._idle_handle.cancel()
+
+    def _idle_check(self) -> None:
+        """Close the connection once no frame has arrived for the idle limit."""
+        loop = asyncio.get_running_loop()
+        left = self._last_rx + self.bridge.config.idle_timeout_s - loop.time()
+        if left > 0:
+            self._idle_handle = loop.call_later(left, self._idle_check)
+            return
+        self._idle_handle = None
+        self._idle_close = loop.create_task(self.ws.close(1000, "idle timeout"))
 
     async def _route_chunk(self, chunk: Chunk) -> None:
         req = self._requests.get(chunk.id)
@@ -270,14 +300,18 @@ class Connection:
         async def send_chunk(payload: bytes, final: bool) -> None:
             nonlocal seq
             view = memoryview(payload)
-            pieces = [
-                view[i : i + MAX_CHUNK_PAYLOAD] for i in range(0, len(view), MAX_CHUNK_PAYLOAD)
-            ]
-            pieces = pieces or [view]
+            n = len(view)
+            if n <= MAX_CHUNK_PAYLOAD:  # the usual case: one frame, one copy
+                frame = encode_chunk(req_id, seq, view, final=final)
+                seq += 1
+                await self._send_frames([frame])
+                return
             frames = []
-            for i, piece in enumerate(pieces):
-                last = final and i == len(pieces) - 1
-                frames.append(encode_chunk(req_id, seq, bytes(piece), final=last))
+            for i in range(0, n, MAX_CHUNK_PAYLOAD):
+                last = final and i + MAX_CHUNK_PAYLOAD >= n
+                frames.append(
+                    encode_chunk(req_id, seq, view[i : i + MAX_CHUNK_PAYLOAD], final=last)
+                )
                 seq += 1
             await self._send_frames(frames)
 
@@ -336,10 +370,20 @@ class Connection:
         await self._send_frames(encode_envelope(obj))
 
     async def _send_frames(self, frames: list[bytes]) -> None:
-        assert self._transport is not None
+        transport = self._transport
+        assert transport is not None
+        if transport.sync:
+            # Encrypting and handing the message to websockets happen in one synchronous step
+            # (`ws.send` queues the frame before its first await), so nonce order is wire
+            # order without the lock.
+            encrypt = transport.encrypt_sync
+            send = self.ws.send
+            for frame in frames:
+                await send(encrypt(frame))
+            return
         async with self._send_lock:
             for frame in frames:
-                await self.ws.send(await self._transport.encrypt(frame))
+                await self.ws.send(await transport.encrypt(frame))
 
     # -- teardown --------------------------------------------------------------------------
 

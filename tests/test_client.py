@@ -152,3 +152,112 @@ def test_revocation_fails_pending_calls(bridge: BridgeProcess) -> None:
         assert client.closed
 
     asyncio.run(main())
+
+
+# -- the two receive modes (push: replies handled in the transport callback; pull: reader task) --
+
+
+@pytest.fixture(params=["push", "pull"])
+def receive_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "pull":
+        from agent_core.transport import ws_cpython
+
+        monkeypatch.setattr(ws_cpython.WebSocketTransport, "start_push", lambda self, cb: False)
+    return request.param
+
+
+def test_concurrent_calls_and_cancels_in_both_receive_modes(
+    bridge: BridgeProcess, receive_mode: str
+) -> None:
+    files = {f"f{i}.txt": f"file {i}\n" * (i * 37 + 1) for i in range(24)}
+    for name, text in files.items():
+        (bridge.workspace / name).write_text(text)
+
+    async def main() -> None:
+        client = await pair(bridge, CpythonCryptoBackend())
+        assert client.push_mode is (receive_mode == "push")
+        # Many requests in flight at once: every reply reaches its own caller.
+        results = await asyncio.gather(
+            *(client.call("fs.read", {"path": name}) for name in files),
+            client.call("exec.run", {"argv": ["echo", "hi"]}),
+        )
+        for (name, text), got in zip(files.items(), results, strict=False):
+            assert got["content"] == text, name
+        assert results[-1]["exit_code"] == 0
+
+        # A read cancelled before its reply came: the late reply is dropped, nothing breaks.
+        for _ in range(20):
+            task = asyncio.create_task(client.call("fs.read", {"path": "f3.txt"}))
+            await asyncio.sleep(0)  # the request is sent; its reply is not in yet
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # Cancelled while other calls are waiting too: those still get their replies.
+        waiting = [asyncio.create_task(client.call("fs.read", {"path": n})) for n in files]
+        doomed = asyncio.create_task(client.call("exec.run", {"argv": ["sleep", "30"]}))
+        await asyncio.sleep(0.1)
+        doomed.cancel()
+        got = await asyncio.gather(*waiting)
+        assert [g["content"] for g in got] == list(files.values())
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert (await client.call("fs.read", {"path": "f5.txt"}))["content"] == files["f5.txt"]
+        assert not client.closed
+        await client.close()
+        assert client.closed
+
+    asyncio.run(main())
+
+
+def test_slow_async_chunk_callback_keeps_order_in_both_receive_modes(
+    bridge: BridgeProcess, receive_mode: str
+) -> None:
+    blob = os.urandom(6 * 1024 * 1024 + 123)  # ~100 chunks: more than the push backlog limit
+    (bridge.workspace / "blob.bin").write_bytes(blob)
+
+    async def main() -> None:
+        client = await pair(bridge, CpythonCryptoBackend())
+        got = bytearray()
+        finals: list[bool] = []
+
+        async def on_chunk(payload: bytes, final: bool) -> None:
+            await asyncio.sleep(0.002 if len(finals) % 10 == 0 else 0)  # a slow consumer
+            got.extend(payload)
+            finals.append(final)
+
+        read = asyncio.create_task(
+            client.call("fs.read", {"path": "blob.bin", "binary": True}, on_chunk=on_chunk)
+        )
+        # Other calls keep working while the backlog drains.
+        pings = [await client.call("sys.ping") for _ in range(5)]
+        res = await read
+        assert all(p["pong"] for p in pings)
+        assert bytes(got) == blob and res["sha256"] == hashlib.sha256(blob).hexdigest()
+        assert finals[-1] is True and not any(finals[:-1])
+        assert res["chunks"] == len(finals)
+        # After the backlog: replies are handled directly again.
+        assert (await client.call("sys.ping"))["pong"]
+        await client.close()
+
+    asyncio.run(main())
+
+
+def test_a_raising_callback_fails_the_channel_in_both_receive_modes(
+    bridge: BridgeProcess, receive_mode: str
+) -> None:
+    (bridge.workspace / "x.bin").write_bytes(os.urandom(200_000))
+
+    async def main() -> None:
+        client = await pair(bridge, CpythonCryptoBackend())
+
+        def on_chunk(payload: bytes, final: bool) -> None:
+            raise RuntimeError("consumer broke")
+
+        with pytest.raises(ChannelClosed, match="consumer broke"):
+            await client.call("fs.read", {"path": "x.bin", "binary": True}, on_chunk=on_chunk)
+        assert client.closed
+        with pytest.raises(ChannelClosed):
+            await client.call("sys.ping")
+        await client.close()
+
+    asyncio.run(main())

@@ -145,6 +145,31 @@ class CipherState:
         aead = self._aead or await self._cipher(key)
         return await aead.encrypt(n, ad, plaintext)
 
+    @property
+    def can_sync(self) -> bool:
+        """Whether the backend offers synchronous AEAD (CPython yes, WebCrypto no)."""
+        return self._key is not None and hasattr(self._backend, "aead_sync")
+
+    def _cipher_sync(self, key: bytes) -> Any:
+        self._aead = self._backend.aead_sync(key)  # type: ignore[attr-defined]
+        return self._aead
+
+    def encrypt_sync(self, ad: bytes, plaintext: bytes | memoryview) -> bytes:
+        """`encrypt_with_ad` without awaiting; only when `can_sync` (keyed, sync backend)."""
+        n = self._take_nonce()
+        aead: Any = self._aead or self._cipher_sync(self._key)  # type: ignore[arg-type]
+        return aead.encrypt_sync(n, ad, plaintext)
+
+    def decrypt_sync(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
+        """`decrypt_with_ad` without awaiting; the nonce is not advanced on failure."""
+        n = self._take_nonce()
+        aead: Any = self._aead or self._cipher_sync(self._key)  # type: ignore[arg-type]
+        try:
+            return aead.decrypt_sync(n, ad, ciphertext)
+        except CryptoError:
+            self.n = n
+            raise
+
     async def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """Decrypt under the next nonce; raises `DecryptError`, and then ``n`` is not advanced.
 
@@ -212,13 +237,27 @@ class SymmetricState:
 class Transport:
     """The two cipher states after the handshake, oriented for one side; ``ad`` is always empty."""
 
-    __slots__ = ("_recv", "_send", "handshake_hash")
+    __slots__ = ("_recv", "_send", "handshake_hash", "sync")
 
     def __init__(self, send: CipherState, recv: CipherState, handshake_hash: bytes) -> None:
         self._send = send
         self._recv = recv
         self.handshake_hash = handshake_hash
         """Identical on both sides for one session: usable as a channel binding."""
+        self.sync = send.can_sync and recv.can_sync
+        """True when `encrypt_sync`/`decrypt_sync` may be used (a synchronous crypto backend)."""
+
+    def encrypt_sync(self, plaintext: bytes | memoryview) -> bytes:
+        """`encrypt` without the coroutine layers, for a `sync` transport (the hot path)."""
+        if len(plaintext) > MAX_PLAINTEXT:
+            raise NoiseError(f"plaintext of {len(plaintext)} bytes exceeds {MAX_PLAINTEXT}")
+        return self._send.encrypt_sync(b"", plaintext)
+
+    def decrypt_sync(self, message: bytes | memoryview) -> bytes:
+        """`decrypt` without the coroutine layers, for a `sync` transport."""
+        if len(message) > MAX_MESSAGE:
+            raise NoiseError(f"message of {len(message)} bytes exceeds {MAX_MESSAGE}")
+        return self._recv.decrypt_sync(b"", message)
 
     async def encrypt(self, plaintext: bytes) -> bytes:
         """Return one transport message; refuse plaintext over `MAX_PLAINTEXT` with `NoiseError`."""

@@ -47,8 +47,14 @@ class Chunk:
 
 
 def encode_chunk(
-    req_id: int, seq: int, payload: bytes, *, final: bool, envelope: bool = False
+    req_id: int,
+    seq: int,
+    payload: bytes | bytearray | memoryview,
+    *,
+    final: bool,
+    envelope: bool = False,
 ) -> bytes:
+    """One chunk frame; a memoryview payload is copied once, straight into the frame."""
     if len(payload) > MAX_CHUNK_PAYLOAD:
         raise ValueError(f"chunk payload of {len(payload)} bytes exceeds {MAX_CHUNK_PAYLOAD}")
     flags = (FLAG_FINAL if final else 0) | (FLAG_ENVELOPE if envelope else 0)
@@ -69,8 +75,31 @@ def decode_chunk(frame: bytes) -> tuple[Chunk, bool]:
     )
 
 
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def _make_dumps() -> Any:
+    """Compact UTF-8 JSON. The C encoder is built once rather than per call as `json.dumps`
+    with options does (that set-up is more than half the cost of a small envelope)."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:  # pragma: no cover - a runtime without _json
+        encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+        return lambda obj: encoder.encode(obj).encode("utf-8")
+
+    def _default(obj: Any) -> Any:
+        raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+    # markers=None: no cycle check (envelopes are trees built here); allow_nan as json.dumps.
+    encode = make(None, _default, basestring, None, ":", ",", False, False, True)
+    join = "".join
+
+    def dumps(obj: Any) -> bytes:
+        if isinstance(obj, (dict, list)):
+            return join(encode(obj, 0)).encode("utf-8")
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    return dumps
+
+
+dumps = _make_dumps()
 
 
 def encode_envelope(obj: dict[str, Any]) -> list[bytes]:
@@ -176,8 +205,24 @@ class FrameDecoder:
         self._retired.pop(req_id, None)
 
 
-def parse_envelope(data: bytes) -> dict[str, Any]:
-    obj = json.loads(data)
+_scan_once = json.JSONDecoder().scan_once
+
+
+def parse_envelope(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Parse one envelope; ValueError (JSONDecodeError, UnicodeDecodeError) for bad input.
+
+    Envelopes are UTF-8 by definition, so the text is decoded directly and scanned from its
+    first character (`json.loads` would sniff the encoding and match whitespace regexes first);
+    anything unusual (trailing whitespace, an error) goes through `json.loads` for its verdict.
+    """
+    text = str(data, "utf-8")
+    try:
+        obj, end = _scan_once(text, 0)
+    except StopIteration:
+        obj, end = json.loads(text), -1
+    else:
+        if end != len(text):
+            obj = json.loads(text)  # trailing whitespace is fine, anything else raises
     if not isinstance(obj, dict):
         raise FrameError("envelope is not a JSON object")
     return obj
