@@ -99,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         user_config_dir=user_config_dir(),
+        max_connections=args.max_connections,
     )
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -320,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--no-pair", action="store_true", help="do not create a pairing link at start"
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=64,
+        metavar="N",
+        help="concurrent device connections accepted (default: 64; more get HTTP 503)",
     )
     serve.add_argument(
         "--json",
