@@ -3,6 +3,8 @@
 // framework: the DOM is small and every update is local. Python (kite_web.py) owns all state;
 // the page only draws what it is sent and posts what the user asked for.
 
+import { compileWasm } from "./boot.js";
+
 // Boot gives up (state "error") after this; `?boot_timeout_s=N` overrides it (tests, slow phones).
 const BOOT_TIMEOUT_MS = (Number(new URLSearchParams(location.search).get("boot_timeout_s")) || 90) * 1000;
 const $ = (id) => document.getElementById(id);
@@ -493,7 +495,8 @@ const creep = setInterval(() => {
   if (root.dataset.kiteState !== "booting" || bar.value >= 0.7) return clearInterval(creep);
   bar.value = Math.min(0.7, bar.value + 0.01);
 }, 200);
-worker.postMessage({ type: "boot", pyodide: meta("kite-pyodide"), py: meta("kite-py"), link });
+worker.postMessage({ type: "boot", pyodide: meta("kite-pyodide"), py: meta("kite-py"), link, wasm: "page" });
+compileWasm(worker, meta("kite-pyodide")); // boot.js: compiled here, run in the worker (faster)
 
 // -- composer --------------------------------------------------------------------------------------
 const box = $("message");

@@ -1,0 +1,110 @@
+// Boot path of the Python runtime, shared by the page (main.js) and the worker (worker.js).
+//
+// Measured on Chromium 156 (docs/architecture.md, "Boot"): Pyodide's wasm compiled by
+// `instantiateStreaming` inside a dedicated worker boots ~1.5-2 s slower than the same call on
+// the page, while a `WebAssembly.Module` compiled on the page and posted to the worker (modules
+// are structured-cloneable; no copy of the code) runs as fast as the bare page. So the page
+// compiles the wasm (`compileWasm`, which also gets Chromium's compiled-code cache on later
+// visits) while the worker imports Pyodide's JavaScript, and the worker instantiates that module.
+// Everything else the agent needs (lock file, wheel) is fetched at the start, in parallel with
+// Pyodide's own downloads, and the wheel is unpacked directly (no micropip, no loadPackage
+// round-trip) after its sha256 from the lock file has been checked (fetch `integrity`).
+
+const abs = (path) => new URL(path, self.location.origin + "/").href;
+
+/** Page side: compile Pyodide's wasm and hand it to the worker; null on failure (it falls back). */
+export function compileWasm(worker, pyodideDir) {
+  WebAssembly.compileStreaming(fetch(abs(pyodideDir + "pyodide.asm.wasm")))
+    .then((module) => worker.postMessage({ type: "wasm", module }))
+    .catch((err) => {
+      console.warn("compiling the runtime on the page failed, the worker will:", err);
+      worker.postMessage({ type: "wasm", module: null });
+    });
+}
+
+let wasmArrived;
+const wasmFromPage = new Promise((resolve) => (wasmArrived = resolve));
+
+/** Worker side: take the page's `{type: "wasm"}` message before the app's dispatcher sees it. */
+export function listenForWasm() {
+  self.addEventListener("message", (e) => {
+    if (e.data && e.data.type === "wasm") {
+      e.stopImmediatePropagation();
+      wasmArrived(e.data.module);
+    }
+  });
+}
+
+function b64(hex) {
+  const bytes = hex.match(/../g).map((h) => parseInt(h, 16));
+  return btoa(String.fromCharCode(...bytes));
+}
+
+/** Fetch the lock file, then the agent wheel with its sha256 enforced by the browser (SRI). */
+async function fetchWheel(pyDir) {
+  const lockUrl = abs(pyDir + "pyodide-lock.json");
+  const lock = await (await fetch(lockUrl)).json();
+  const entry = lock.packages["kite-agent-core"];
+  if (!entry || !/^[0-9a-f]{64}$/.test(entry.sha256 || "")) throw new Error("the lock file has no valid kite-agent-core entry");
+  const res = await fetch(abs(pyDir + entry.file_name), { integrity: "sha256-" + b64(entry.sha256) });
+  if (!res.ok) throw new Error(`the agent wheel: HTTP ${res.status}`);
+  return { lock, bytes: new Uint8Array(await res.arrayBuffer()) };
+}
+
+/**
+ * Worker side: Pyodide up, the agent wheel installed. `wasm: "page"` means the page is compiling
+ * the wasm module and will post it. Returns `{pyodide, timings}` (ms since `t0`).
+ */
+export async function bootRuntime({ pyodideDir, pyDir, wasm, progress }) {
+  const t0 = performance.now();
+  const timings = {};
+  const mark = (name) => (timings[name] = Math.round(performance.now() - t0));
+  const wheel = fetchWheel(pyDir);
+  wheel.then(() => mark("wheel_fetched"), () => {});
+  wheel.catch(() => {}); // reported when awaited below
+
+  const { loadPyodide } = await import(abs(pyodideDir + "pyodide.mjs"));
+  mark("pyodide_js");
+  if (wasm === "page") {
+    // Pyodide calls instantiateStreaming(fetch(wasm)) itself: answer with the page's module and
+    // keep that fetch from downloading the 9.6 MB file a second time.
+    const realFetch = self.fetch;
+    const doFetch = realFetch.bind(self);
+    const realInstantiate = WebAssembly.instantiateStreaming;
+    const wasmUrl = abs(pyodideDir + "pyodide.asm.wasm");
+    self.fetch = (input, init) => {
+      if (String(input && input.url ? input.url : input) !== wasmUrl) return doFetch(input, init);
+      self.fetch = realFetch;
+      return Promise.resolve(new Response(new Uint8Array(0), { headers: { "Content-Type": "application/wasm" } }));
+    };
+    WebAssembly.instantiateStreaming = async (_response, imports) => {
+      const module = await wasmFromPage;
+      mark("wasm_module");
+      WebAssembly.instantiateStreaming = realInstantiate;
+      self.fetch = realFetch;
+      if (!module) return realInstantiate.call(WebAssembly, doFetch(wasmUrl), imports);
+      return { module, instance: await WebAssembly.instantiate(module, imports) };
+    };
+  }
+  const lockContents = wheel.then((w) => w.lock); // a failed fetch fails loadPyodide, loudly
+  const pyodide = await loadPyodide({
+    indexURL: abs(pyodideDir),
+    lockFileContents: lockContents,
+    packageBaseUrl: abs(pyDir),
+    stdout: (s) => console.log(s),
+    stderr: (s) => console.warn(s),
+  });
+  mark("pyodide_ready");
+  progress(0.8, "Loading the agent");
+  const { bytes } = await wheel;
+  const sitePackages = pyodide.runPython(
+    "import sys; f'/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages'",
+  );
+  pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
+  pyodide.runPython("import importlib; importlib.invalidate_caches()");
+  mark("wheel_installed");
+  progress(0.9, "Starting the agent");
+  const kite = pyodide.pyimport("kite_web");
+  mark("agent_imported");
+  return { pyodide, kite, timings };
+}
