@@ -1,8 +1,9 @@
 """Which runtime agent_core is on, and the platform implementations that go with it.
 
 agent_core imports only the standard library at import time, so the choice between the CPython
-implementations (`cryptography`, `websockets`) and the Pyodide ones (WebCrypto, the JS
-``WebSocket``) is made here, lazily, inside the functions: importing this module loads neither.
+implementations (`cryptography`, `websockets`, asyncio HTTP) and the Pyodide ones (WebCrypto,
+the JS ``WebSocket``, ``fetch``) is made here, lazily, inside the functions: importing this
+module loads none of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from agent_core.channel.crypto import CryptoBackend
+    from agent_core.llm.http import HttpClient
     from agent_core.transport.base import ByteTransport
 
 IS_PYODIDE = sys.platform == "emscripten"
@@ -42,3 +44,15 @@ async def open_transport(url: str, subprotocol: str) -> ByteTransport:
     from agent_core.transport.ws_cpython import open_websocket
 
     return await open_websocket(url, subprotocol)
+
+
+def default_http_client() -> HttpClient:
+    """The HTTP client for direct provider calls: `fetch` under Pyodide, asyncio streams on
+    CPython (both in agent_core/llm/)."""
+    if IS_PYODIDE:
+        from agent_core.llm.http_pyodide import FetchHttpClient
+
+        return FetchHttpClient()
+    from agent_core.llm.http import AsyncioHttpClient
+
+    return AsyncioHttpClient()

@@ -27,10 +27,9 @@ Implementations:
 - `BridgeHttpClient` (any runtime): the same call through the bridge's `model.stream` op, for
   URLs `bridge://<provider>/<api path>`. The host picks the base URL and adds the key, so the
   device never holds it; see that class and docs/protocol.md.
-- Pyodide: a `fetch`-based client is expected in `agent_core/llm/http_pyodide.py` as
-  `FetchHttpClient` (`default_http_client` picks it up). It must follow the contract above:
-  lower-case response header names, body pieces from the `ReadableStream` reader, `aclose()`
-  → `reader.cancel()` / `AbortController.abort()`, network failures → `HttpError(retryable=True)`.
+- `FetchHttpClient` (Pyodide, `agent_core/llm/http_pyodide.py`): the JS `fetch`, the body read
+  from its `ReadableStream` reader as it arrives; `aclose()` cancels the reader and aborts the
+  request. `default_http_client()` (via `agent_core.runtime`) picks it under Pyodide.
 
 Everything here imports only the standard library at import time.
 """
@@ -40,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -119,14 +117,10 @@ class HttpClient(Protocol):
 
 
 def default_http_client() -> HttpClient:
-    """The direct-route client for this runtime."""
-    if sys.platform == "emscripten":
-        try:
-            from agent_core.llm.http_pyodide import FetchHttpClient  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise RuntimeError("no HTTP client for this runtime yet: pass http=...") from exc
-        return FetchHttpClient()
-    return AsyncioHttpClient()
+    """The direct-route client for this runtime (chosen in `agent_core.runtime`)."""
+    from agent_core.runtime import default_http_client as pick
+
+    return pick()
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
