@@ -41,14 +41,16 @@ def _calls(name: str) -> list[tuple[str, bytes]]:
     return [(c["function"], sdk._case_input(c)) for c in cases]
 
 
-@pytest.fixture(scope="module")
-def js_outcomes() -> dict[str, list[sdk.Outcome]]:
+@pytest.fixture(scope="module", params=[False, True], ids=["", "no-eval"])
+def js_outcomes(request: pytest.FixtureRequest) -> dict[str, list[sdk.Outcome]]:
+    """no-eval: as in the web app, whose Content-Security-Policy forbids evaluating JavaScript
+    (the engine then does without its one-crossing exchange helper)."""
     names = [*EXAMPLE_NAMES, "attacks"]
     plugins = []
     for name in names:
         m = load_manifest(built(name))
         plugins.append((m, m.load_wasm(), _calls(name)))
-    return dict(zip(names, js_runner.run_batch(plugins), strict=True))
+    return dict(zip(names, js_runner.run_batch(plugins, no_eval=request.param), strict=True))
 
 
 @pytest.mark.parametrize("name", [*EXAMPLE_NAMES, "attacks"])

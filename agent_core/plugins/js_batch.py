@@ -3,9 +3,11 @@
     node tests/pyodide/run.mjs --python agent_core/plugins/js_batch.py REQUEST RESPONSE
 
 REQUEST is a JSON file: {"plugins": [{"manifest": {...}, "wasm": "<base64>",
-"calls": [["function", "<base64 input>"], ...]}]}; RESPONSE receives {"results": [[outcome, ...],
-...]} with one outcome per call: {"ok": true, "output": "<base64>"} or {"ok": false, "kind": ...,
-"message": ...}. Each plugin gets one instance for all its calls, as on the other engines.
+"calls": [["function", "<base64 input>"], ...]}], "no_eval": false}; RESPONSE receives
+{"results": [[outcome, ...], ...]} with one outcome per call: {"ok": true, "output": "<base64>"}
+or {"ok": false, "kind": ..., "message": ...}. Each plugin gets one instance for all its calls,
+as on the other engines. `no_eval` runs the engine as under the web app's Content-Security-Policy,
+where no JavaScript can be evaluated.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     from agent_core.plugins.sandbox import PluginError
 
     engine = default_engine()
+    if request.get("no_eval"):  # as in the web app, whose CSP refuses 'unsafe-eval'
+        engine._exchange = None  # type: ignore[attr-defined]
     results = []
     timings = []
     for spec in request["plugins"]:

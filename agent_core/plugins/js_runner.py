@@ -40,9 +40,12 @@ def available() -> bool:
 
 def run_batch(
     plugins: Sequence[tuple[Manifest, bytes, Sequence[tuple[str, bytes]]]],
+    no_eval: bool = False,
 ) -> list[list[Outcome]]:
-    """Outcomes of each plugin's calls on the JavaScript engine (one Pyodide boot)."""
+    """Outcomes of each plugin's calls on the JavaScript engine (one Pyodide boot); `no_eval`:
+    without the JavaScript helpers a strict Content-Security-Policy forbids (the web app's)."""
     request = {
+        "no_eval": no_eval,
         "plugins": [
             {
                 "manifest": m.raw,
@@ -50,7 +53,7 @@ def run_batch(
                 "calls": [[fn, base64.b64encode(data).decode()] for fn, data in calls],
             }
             for m, wasm, calls in plugins
-        ]
+        ],
     }
     # Inside Pyodide only the repository is mounted: the files go there (build/ is ignored).
     work = REPO / "build" / "plugin-js"
