@@ -390,6 +390,7 @@ _TOOL_VERB = {
     "question": "Ask",
     "diff": "Diff",
     "undo": "Undo",
+    "redo": "Redo",
 }
 
 

@@ -26,3 +26,7 @@ then act on `next_action()` (`CallModel` / `RunTools` / `Done`), feeding back `f
 """
 
 from __future__ import annotations
+
+from agent_core.agent.undo import UndoError
+
+__all__ = ["UndoError"]

@@ -11,6 +11,7 @@ the list of what it can do, never a guess.
     /run COMMAND               run `make build` · run the tests
     /diff                      show the diff · what changed
     /undo                      undo · revert the last change
+    /redo                      redo · re-apply what undo reverted
     /help                      help · what can you do
 
 It implements the `Provider` protocol: on a user message it yields one turn with tool calls;
@@ -48,7 +49,8 @@ understand only simple commands:
   /glob PATTERN            find files by name      (or: find files named *.py)
   /run COMMAND             run a shell command     (or: run the tests)
   /diff                    what I changed in this session
-  /undo                    revert my last change
+  /undo                    revert my last step's file changes
+  /redo                    re-apply what /undo reverted
 
 To have an agent plan and make changes, configure a model, e.g. \
 `kite run --model openai/<model> ...` or `--model anthropic/<model>`."""
@@ -68,7 +70,7 @@ TEST_PROBES: tuple[tuple[str, str], ...] = (
 
 @dataclass
 class Intent:
-    kind: str  # read, list, grep, glob, run, tests, diff, undo, help, unknown
+    kind: str  # read, list, grep, glob, run, tests, diff, undo, redo, help, unknown
     args: dict[str, Any] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     note: str = ""
@@ -165,6 +167,8 @@ def _slash(text: str) -> Intent | None:
         return Intent("diff", calls=[("diff", {})])
     if cmd == "undo":
         return Intent("undo", calls=[("undo", {})])
+    if cmd == "redo":
+        return Intent("redo", calls=[("redo", {})])
     if cmd in ("help", "?", "commands"):
         return Intent("help")
     return None
@@ -184,6 +188,9 @@ _HELP_RX = _rx(r"^(?:help|\?|commands|what can you do|what do you do|how do i us
 _UNDO_RX = _rx(
     r"^(?:undo|revert)(?: (?:the|that|your|my))?(?: last| previous)?",
     r"(?: (?:change|edit|edits|changes))?$",
+)
+_REDO_RX = _rx(
+    r"^(?:redo|reapply|re-apply)(?: (?:the|that|your|my))?(?: last)?(?: (?:change|undo))?$"
 )
 _DIFF_RX = _rx(
     r"^(?:(?:show|give)(?: me)? )?(?:the |your )?(?:diff|changes)(?: so far)?$",
@@ -220,6 +227,8 @@ def _natural(text: str) -> Intent | None:
         return Intent("help")
     if _UNDO_RX.match(t):
         return Intent("undo", calls=[("undo", {})])
+    if _REDO_RX.match(t):
+        return Intent("redo", calls=[("redo", {})])
     if _DIFF_RX.match(t):
         return Intent("diff", calls=[("diff", {})])
     if _TESTS_RX.match(t):

@@ -45,6 +45,9 @@ from agent_core.agent.tools.base import (
     maybe_await,
 )
 from agent_core.agent.truncate import truncate
+from agent_core.agent.undo import net_moves, redo_target, undo_target
+from agent_core.agent.undo import redo as redo_changes
+from agent_core.agent.undo import undo as undo_changes
 from agent_core.llm.types import (
     Message,
     ModelRequest,
@@ -311,6 +314,7 @@ class AgentLoop:
     def _start_model_turn(self) -> None:
         self.phase = "model"
         self.step += 1
+        self.session.step_seq += 1
         self._partial = []
         self._turn_ended = False
         self._events.append(StepStarted(self.step))
@@ -482,6 +486,37 @@ class Agent:
         self._abort_requested = True
         self._task.cancel()
         return True
+
+    # -- undo / redo of a step's file changes (docs/architecture.md) -----------------------
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(undo_target(self.session))
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(redo_target(self.session))
+
+    def undo_preview(self) -> list[str]:
+        """The paths the next `undo()` would restore (no I/O)."""
+        return [m.path for m in net_moves(undo_target(self.session))]
+
+    def redo_preview(self) -> list[str]:
+        return [m.path for m in net_moves(redo_target(self.session))]
+
+    async def undo(self) -> list[str]:
+        """Revert the newest step's file changes from the bridge's snapshots; the paths
+        restored ([] when there is nothing to undo). Raises `UndoError` (code ECONFLICT when a
+        file changed on the host since that step: then nothing is restored)."""
+        if self._task is not None:
+            raise RuntimeError("cannot undo while the agent is running")
+        return await undo_changes(self.bridge, self.session)
+
+    async def redo(self) -> list[str]:
+        """Re-apply the step the last `undo()` reverted; the paths written ([]: nothing)."""
+        if self._task is not None:
+            raise RuntimeError("cannot redo while the agent is running")
+        return await redo_changes(self.bridge, self.session)
 
     def _provider_for(self, text: str) -> Provider:
         cp = self.command_provider

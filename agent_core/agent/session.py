@@ -33,13 +33,14 @@ class FileChange:
 
 @dataclass
 class ChangeSet:
-    """The files one tool call changed: the unit of `/undo`."""
+    """The files one tool call changed; `/undo` reverts all the sets of one `step`."""
 
     call_id: str
     tool: str
     files: list[FileChange]
     time: float = field(default_factory=time.time)
     undone: bool = False
+    step: int = 0  # Session.step_seq when the change was made
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,7 +49,12 @@ class ChangeSet:
     def from_json(cls, obj: dict[str, Any]) -> ChangeSet:
         files = [FileChange(**f) for f in obj.get("files", [])]
         return cls(
-            obj["call_id"], obj["tool"], files, obj.get("time", 0.0), obj.get("undone", False)
+            obj["call_id"],
+            obj["tool"],
+            files,
+            obj.get("time", 0.0),
+            obj.get("undone", False),
+            int(obj.get("step", 0)),
         )
 
 
@@ -67,6 +73,7 @@ class Session:
     # call id -> full tool output, for results the model only saw truncated
     outputs: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
+    step_seq: int = 0  # model turns so far in this session, across runs: names a step for undo
 
     def keep_output(self, call_id: str, text: str) -> None:
         self.outputs[call_id] = text
@@ -99,6 +106,7 @@ class Session:
             "seen": self.seen,
             "outputs": self.outputs,
             "usage": asdict(self.usage),
+            "step_seq": self.step_seq,
         }
 
     @classmethod
@@ -113,4 +121,5 @@ class Session:
             seen=dict(obj.get("seen", {})),
             outputs=dict(obj.get("outputs", {})),
             usage=Usage(**obj.get("usage", {})),
+            step_seq=int(obj.get("step_seq", 0)),
         )

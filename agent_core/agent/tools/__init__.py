@@ -1,7 +1,7 @@
 """The agent's tools: opencode's names and argument conventions, run through the bridge.
 
 Offered to models: read, write, edit, apply_patch, glob, grep, list, bash, todowrite, todoread,
-question. Not offered (for `/diff`, `/undo` and UIs): diff, undo.
+question. Not offered (for `/diff`, `/undo`, `/redo` and UIs): diff, undo, redo.
 """
 
 from __future__ import annotations

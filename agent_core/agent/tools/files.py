@@ -25,6 +25,7 @@ from agent_core.agent.tools.base import (
     norm_path,
 )
 from agent_core.agent.truncate import MAX_BYTES, MAX_LINE_CHARS, cut_line
+from agent_core.agent.undo import drop_redo
 from agent_core.llm.types import ToolSpec
 from agent_core.rpc.errors import RpcError
 
@@ -89,7 +90,9 @@ async def write_checked(ctx: ToolContext, path: str, content: str, if_match: str
 
 
 def record_change(ctx: ToolContext, changes: list[FileChange]) -> None:
-    ctx.session.changes.append(ChangeSet(ctx.call_id, ctx.tool, changes))
+    drop_redo(ctx.session)  # a new change: undone steps can no longer be redone
+    step = ctx.session.step_seq
+    ctx.session.changes.append(ChangeSet(ctx.call_id, ctx.tool, changes, step=step))
 
 
 def _summary(diff: str) -> str:

@@ -1,8 +1,9 @@
-"""Tools on the session rather than the host: todos, questions to the user, diff and undo.
+"""Tools on the session rather than the host: todos, questions to the user, diff, undo, redo.
 
-`diff` and `undo` are not offered to models (opencode's set has no such tools); the local
-router and UIs call them for `/diff` and `/undo`. They work from the session's change journal,
-so they cover exactly what the agent changed, with or without git.
+`diff`, `undo` and `redo` are not offered to models (opencode's set has no such tools); the
+local router and UIs call them for `/diff`, `/undo`, `/redo`. They work from the session's change
+journal, so they cover exactly what the agent changed, with or without git; undo and redo restore
+content from the bridge's snapshots (`agent_core/agent/undo.py`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import Any
 
 from agent_core.agent.diffs import unified_diff
 from agent_core.agent.events import TodosUpdated
-from agent_core.agent.tools.base import Tool, ToolContext, ToolError, ToolResult, bridge_error
-from agent_core.agent.tools.files import read_current, write_checked
+from agent_core.agent.session import ChangeSet
+from agent_core.agent.tools.base import Tool, ToolContext, ToolError, ToolResult
+from agent_core.agent.tools.files import read_current
+from agent_core.agent.undo import UndoError, redo_target, undo_target
+from agent_core.agent.undo import redo as redo_step
+from agent_core.agent.undo import undo as undo_step
 from agent_core.llm.types import ToolSpec
-from agent_core.rpc.errors import RpcError
 
 TODO_ITEM = {
     "type": "object",
@@ -99,8 +103,14 @@ DIFF = ToolSpec(
 
 UNDO = ToolSpec(
     "undo",
-    "Revert the agent's most recent change (one tool call's edits), unless the files were "
-    "changed again on the host since.",
+    "Revert the file changes of the agent's most recent step (from the bridge's snapshots), "
+    "unless the files were changed again on the host since.",
+    {"type": "object", "properties": {}, "additionalProperties": False},
+)
+
+REDO = ToolSpec(
+    "redo",
+    "Re-apply the step the last undo reverted, unless the files were changed since.",
     {"type": "object", "properties": {}, "additionalProperties": False},
 )
 
@@ -168,36 +178,44 @@ async def run_diff(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
     return ToolResult(diff, title=f"{len(parts)} files changed", metadata={"diff": diff})
 
 
-async def run_undo(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
-    cs = ctx.session.last_change()
-    if cs is None:
-        return ToolResult("Nothing to undo: the agent has not changed any file in this session.")
-    paths = [fc.path for fc in cs.files]
-    current = await asyncio.gather(*(read_current(ctx, p) for p in paths))
-    for fc, cur in zip(cs.files, current, strict=True):
-        now = cur.sha256 if cur else None
-        if now != fc.after_sha256:
-            raise ToolError(
-                f"not undone: {fc.path} was changed again after the agent's {cs.tool}; "
-                "undo would lose those changes"
-            )
-    diff = "".join(unified_diff(fc.path, fc.after, fc.before) for fc in cs.files)
-    await ctx.ask("edit", paths, f"Undo the {cs.tool} of " + ", ".join(paths), {"diff": diff})
-    for fc in reversed(cs.files):
-        if fc.before is None:
-            try:
-                await ctx.bridge.call("fs.delete", {"path": fc.path})
-            except RpcError as exc:
-                raise bridge_error(exc, f"removing {fc.path}") from None
-            ctx.session.seen.pop(fc.path, None)
-        else:
-            await write_checked(ctx, fc.path, fc.before, fc.after_sha256)
-    cs.undone = True
-    return ToolResult(
-        f"Undid the {cs.tool} of " + ", ".join(paths) + ".",
-        title="undo " + ", ".join(paths),
-        metadata={"diff": diff, "paths": paths},
+def _step_diff(sets: list[ChangeSet], reverse: bool) -> str:
+    parts = []
+    for cs in reversed(sets) if reverse else sets:
+        for fc in reversed(cs.files) if reverse else cs.files:
+            a, b = (fc.after, fc.before) if reverse else (fc.before, fc.after)
+            parts.append(unified_diff(fc.path, a, b))
+    return "".join(parts)
+
+
+async def _undo_or_redo(ctx: ToolContext, which: str) -> ToolResult:
+    sets = undo_target(ctx.session) if which == "undo" else redo_target(ctx.session)
+    if not sets:
+        what = "the agent has not changed any file" if which == "undo" else "no undone step"
+        return ToolResult(f"Nothing to {which}: {what} in this session.", title=which)
+    paths = list(dict.fromkeys(fc.path for cs in sets for fc in cs.files))
+    diff = _step_diff(sets, reverse=which == "undo")
+    tools = ", ".join(dict.fromkeys(cs.tool for cs in sets))
+    await ctx.ask(
+        "edit", paths, f"{which.capitalize()} the {tools} of " + ", ".join(paths), {"diff": diff}
     )
+    try:
+        done = await (undo_step if which == "undo" else redo_step)(ctx.bridge, ctx.session)
+    except UndoError as exc:
+        raise ToolError(f"not {which}ne: {exc.message}") from None
+    verb = "Undid" if which == "undo" else "Redid"
+    return ToolResult(
+        f"{verb} the {tools} of " + ", ".join(paths) + ".",
+        title=f"{which} " + ", ".join(paths),
+        metadata={"diff": diff, "paths": done},
+    )
+
+
+async def run_undo(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _undo_or_redo(ctx, "undo")
+
+
+async def run_redo(args: dict[str, Any], ctx: ToolContext) -> ToolResult:
+    return await _undo_or_redo(ctx, "redo")
 
 
 SESSION_TOOLS = [
@@ -206,4 +224,5 @@ SESSION_TOOLS = [
     Tool(QUESTION, run_question, "exclusive"),
     Tool(DIFF, run_diff, "read", offered=False),
     Tool(UNDO, run_undo, "exclusive", offered=False),
+    Tool(REDO, run_redo, "exclusive", offered=False),
 ]
