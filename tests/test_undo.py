@@ -45,7 +45,8 @@ def test_restore_puts_back_a_snapshot_guarded_and_snapshotted(bk: BridgeKey, ws:
     async def go() -> None:
         async with connected(bk) as c:
             await c.call("fs.write", {"path": "a.txt", "content": "one\n"})
-            await c.call("fs.write", {"path": "a.txt", "content": "two\n", "if_match": sha("one\n")})
+            two = {"path": "a.txt", "content": "two\n", "if_match": sha("one\n")}
+            await c.call("fs.write", two)
             f.chmod(0o600)
             # Wrong guard: refused, nothing changes.
             with pytest.raises(RpcError) as info:
