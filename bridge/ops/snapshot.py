@@ -193,8 +193,6 @@ async def fs_history(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         if r.extra:
             entry["extra"] = r.extra
         if check:
-            entry["prev_available"] = r.prev_sha256 is None or ctx.snapshots.has_blob(
-                r.prev_sha256
-            )
+            entry["prev_available"] = r.prev_sha256 is None or ctx.snapshots.has_blob(r.prev_sha256)
         entries.append(entry)
     return {"entries": entries}
