@@ -182,3 +182,72 @@ def test_runner_sources_exist() -> None:
     for name in [*EXAMPLE_NAMES, "attacks", "echo"]:
         assert (source_dir(name) / "kite-plugin.json").is_file()
         assert Path(source_dir(name)).is_dir()
+
+
+# -- the scratch directory's byte cap --------------------------------------------------------
+
+QUOTA = 64 * 1024
+# A note, then `fill` writes 64 x 4 KiB until the cap refuses a block (ENOSPC = errno 51);
+# the files written before stay, and the plugin still works.
+QUOTA_CALLS = [
+    ("write_file", b"x" * 1000),
+    ("fill", b"f" * 4096),
+    ("read_file", b"note.txt"),
+    ("write_file", b"after the cap"),
+    ("read_file", b"note.txt"),
+]
+QUOTA_EXPECT = [
+    (True, b""),
+    (False, "path_open refused (errno 51)"),
+    (True, b"x" * 1000),
+    (True, b""),
+    (True, b"after the cap"),
+]
+
+
+def quota_outcomes_match(outcomes: list[sdk.Outcome], engine: str) -> None:
+    assert len(outcomes) == len(QUOTA_EXPECT)
+    for (function, _), got, (ok, want) in zip(QUOTA_CALLS, outcomes, QUOTA_EXPECT, strict=True):
+        assert got.ok == ok, f"{engine}: {function}: {got.describe()}"
+        if ok:
+            assert got.output == want, f"{engine}: {function}: {got.output[:40]!r}"
+        else:
+            assert got.kind == "error" and str(want) in got.message, f"{engine}: {got.message}"
+
+
+def test_scratch_quota_holds_alike_on_the_host(tmp_path: Path, attacks) -> None:
+    """The host's scratch directory is capped in bytes like the browser's in-memory one: a
+    plugin writing past it gets ENOSPC, and the disk holds no more than the cap."""
+    from agent_core.plugins.engine_wasmtime import WasmtimeEngine
+    from agent_core.plugins.manifest import TrustPolicy
+    from agent_core.plugins.plugin import Plugin, PluginHost
+    from agent_core.plugins.sandbox import HostLimits, PluginError
+
+    manifest, wasm = attacks
+    for engine in ("kite-wasmtime", "kite-metered"):
+        root = tmp_path / engine
+        host = PluginHost(
+            trust=TrustPolicy(trusted_unsigned=frozenset({"attacks"})),
+            limits=HostLimits(scratch_bytes=QUOTA),
+            scratch_root=root,
+            engine=WasmtimeEngine.shared(metered=engine == "kite-metered"),
+        )
+        plugin = Plugin(manifest, wasm, host)
+        outcomes = []
+        for function, data in QUOTA_CALLS:
+            try:
+                outcomes.append(sdk.Outcome(True, plugin.call(function, data)))
+            except PluginError as exc:
+                outcomes.append(sdk.Outcome(False, kind=exc.kind, message=str(exc)))
+        quota_outcomes_match(outcomes, engine)
+        files = {p.name: p.stat().st_size for p in (root / "attacks").iterdir()}
+        assert files == {"note.txt": len(b"after the cap"), "fill.bin": QUOTA - 4096}, files
+        assert sum(files.values()) <= QUOTA
+        plugin.close()
+        # A new instance (a restart) finds the files where the last one left them.
+        again = Plugin(manifest, wasm, host)
+        assert again.call("read_file", b"note.txt") == b"after the cap"
+        with pytest.raises(PluginError, match="errno 51"):  # fill.bin truncated, refilled
+            again.call("fill", b"g" * 4096)
+        again.close()
+        assert sum(p.stat().st_size for p in (root / "attacks").iterdir()) <= QUOTA

@@ -68,3 +68,14 @@ def test_javascript_engine_matches_wasmtime(name: str, js_outcomes) -> None:
         )
         if not native.ok:
             assert js.message.split(":")[0] == native.message.split(":")[0]
+
+
+def test_scratch_quota_on_the_javascript_engine() -> None:
+    """The same byte cap, the same ENOSPC, in the browser's engine (in-memory files)."""
+    from tests.test_plugins_conformance import QUOTA, QUOTA_CALLS, quota_outcomes_match
+
+    m = load_manifest(built("attacks"))
+    [outcomes] = js_runner.run_batch(
+        [(m, m.load_wasm(), QUOTA_CALLS)], limits={"scratch_bytes": QUOTA}
+    )
+    quota_outcomes_match(outcomes, "js")

@@ -14,6 +14,7 @@ cannot be trusted after it was cut off mid-function.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from agent_core.plugins.sandbox import (
     host_allowed,
     memory_plan,
 )
+from agent_core.plugins.scratch import DiskMirror
 from agent_core.plugins.wasi import MemFS
 from agent_core.plugins.wasmbin import PAGE, FuncType
 
@@ -219,7 +221,13 @@ class PluginInstance:
         self.log_level = LOG_LEVELS[log_level]
         self.on_log = on_log
         self.log = CallLog()
-        self.fs = MemFS()  # used when files are served from memory (see WasiSpec)
+        # The plugin's files, capped at `scratch_bytes` in every engine (see scratch.py); a scratch
+        # directory on disk is loaded into it and written back after each call.
+        self.fs = MemFS(module.limits.scratch_bytes)
+        self._mirror: DiskMirror | None = None
+        if module.uses_wasi and any(h for h, _ in self.preopens):
+            self._mirror = DiskMirror(self.fs, self.preopens)
+            self._mirror.load()
         self._inst: EngineInstance | None = None
         self._host_error: PluginError | None = None
         self._http_status = 0
@@ -251,9 +259,9 @@ class PluginInstance:
         wasi = None
         if m.uses_wasi:
             wasi = WasiSpec(
-                preopens=self.preopens,
                 stdout=lambda b: self._log("info", b),
                 stderr=lambda b: self._log("warn", b),
+                preopens=[("", guest) for _, guest in self.preopens],  # served from self.fs
                 fs=self.fs,
             )
         limits = InstanceLimits(m.limits.memory_bytes, m.limits.table_elements)
@@ -321,8 +329,23 @@ class PluginInstance:
             return self._finish(function, rc)
         finally:
             self._busy = False
+            if self._mirror is not None:
+                self._save_scratch()
             if function == "_start":
                 self.close()  # a WASI command's state is spent after `_start`, as in Extism
+
+    def _save_scratch(self) -> None:
+        """Write the call's file changes to the scratch directory; a failure to do so fails a
+        call that otherwise succeeded (its files would silently be lost)."""
+        assert self._mirror is not None
+        try:
+            self._mirror.sync()
+        except OSError as exc:
+            if sys.exc_info()[1] is None:
+                raise PluginError(
+                    f"{self.name}: cannot save the plugin's scratch files: {exc.strerror or exc}",
+                    "error",
+                ) from None
 
     def _run_exchange(
         self, exchange: Callable[..., tuple[int, bytes]], function: str, data: bytes

@@ -3,7 +3,8 @@
     node tests/pyodide/run.mjs --python agent_core/plugins/js_batch.py REQUEST RESPONSE
 
 REQUEST is a JSON file: {"plugins": [{"manifest": {...}, "wasm": "<base64>",
-"calls": [["function", "<base64 input>"], ...]}], "no_eval": false}; RESPONSE receives
+"calls": [["function", "<base64 input>"], ...]}], "no_eval": false, "limits": {HostLimits field:
+value}}; RESPONSE receives
 {"results": [[outcome, ...], ...]} with one outcome per call: {"ok": true, "output": "<base64>"}
 or {"ok": false, "kind": ..., "message": ...}. Each plugin gets one instance for all its calls,
 as on the other engines. `no_eval` runs the engine as under the web app's Content-Security-Policy,
@@ -23,7 +24,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     from agent_core.plugins.engine import default_engine
     from agent_core.plugins.manifest import Manifest, TrustPolicy, validate
     from agent_core.plugins.plugin import Plugin, PluginHost
-    from agent_core.plugins.sandbox import PluginError
+    from agent_core.plugins.sandbox import HostLimits, PluginError
 
     engine = default_engine()
     if request.get("no_eval"):  # as in the web app, whose CSP refuses 'unsafe-eval'
@@ -34,7 +35,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         manifest = Manifest(validate(spec["manifest"]))
         wasm = base64.b64decode(spec["wasm"])
         host = PluginHost(
-            trust=TrustPolicy(trusted_unsigned=frozenset({manifest.name})), engine=engine
+            trust=TrustPolicy(trusted_unsigned=frozenset({manifest.name})),
+            limits=HostLimits(**request.get("limits", {})),
+            engine=engine,
         )
         outcomes: list[dict[str, Any]] = []
         plugin = None

@@ -41,11 +41,14 @@ def available() -> bool:
 def run_batch(
     plugins: Sequence[tuple[Manifest, bytes, Sequence[tuple[str, bytes]]]],
     no_eval: bool = False,
+    limits: dict[str, int] | None = None,
 ) -> list[list[Outcome]]:
     """Outcomes of each plugin's calls on the JavaScript engine (one Pyodide boot); `no_eval`:
-    without the JavaScript helpers a strict Content-Security-Policy forbids (the web app's)."""
+    without the JavaScript helpers a strict Content-Security-Policy forbids (the web app's);
+    `limits`: `HostLimits` fields to change."""
     request = {
         "no_eval": no_eval,
+        "limits": limits or {},
         "plugins": [
             {
                 "manifest": m.raw,

@@ -63,6 +63,7 @@ class HostLimits:
     max_http_response_bytes: int = 4 * MIB
     max_var_bytes: int = 1 * MIB
     table_elements: int = 100_000
+    scratch_bytes: int = 64 * MIB  # the plugin's files, on disk (host) or in memory (browser)
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Limits:
     max_http_response_bytes: int
     max_var_bytes: int
     table_elements: int
+    scratch_bytes: int = 64 * MIB
 
     @classmethod
     def effective(
@@ -104,6 +106,7 @@ class Limits:
             max_http_response_bytes=cap(max_http_response_bytes, host.max_http_response_bytes),
             max_var_bytes=cap(max_var_bytes, host.max_var_bytes),
             table_elements=host.table_elements,
+            scratch_bytes=host.scratch_bytes,
         )
 
 

@@ -30,6 +30,7 @@
   (data (i32.const 128) "note.txt")                   ;; 8 bytes
   (data (i32.const 144) "missing")                    ;; 7 bytes
   (data (i32.const 160) "n")                          ;; 1 byte
+  (data (i32.const 176) "fill.bin")                   ;; 8 bytes
 
   ;; A new kernel block with `len` bytes copied from guest memory at `ptr`.
   (func $block (param $ptr i32) (param $len i32) (result i64)
@@ -139,6 +140,30 @@
     (local.set $errno (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
     (drop (call $fd_close (local.get $fd)))
     (if (local.get $errno) (then (return (call $refused (local.get $errno)))))
+    (i32.const 0))
+
+  ;; Fill the scratch directory: write 4 KiB blocks to fill.bin, 64 times (256 KiB), unless
+  ;; the host refuses one (reported like path_open: "... (errno 51)" for ENOSPC).
+  (func (export "fill") (result i32)
+    (local $errno i32) (local $fd i32) (local $k i32)
+    (local.set $errno
+      (call $path_open (i32.const 3) (i32.const 0) (i32.const 176) (i32.const 8)
+                       (i32.const 9) (i64.const 64) (i64.const 0) (i32.const 0) (i32.const 12)))
+    (if (local.get $errno) (then (return (call $refused (local.get $errno)))))
+    (local.set $fd (i32.load (i32.const 12)))
+    (block $done
+      (loop $more
+        (br_if $done (i32.ge_u (local.get $k) (i32.const 64)))
+        (i32.store (i32.const 0) (i32.const 8192))
+        (i32.store (i32.const 4) (i32.const 4096))
+        (local.set $errno
+          (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (if (local.get $errno)
+          (then (drop (call $fd_close (local.get $fd)))
+                (return (call $refused (local.get $errno)))))
+        (local.set $k (i32.add (local.get $k) (i32.const 1)))
+        (br $more)))
+    (drop (call $fd_close (local.get $fd)))
     (i32.const 0))
 
   ;; error: "path_open refused (errno NN)"
