@@ -11,8 +11,9 @@
     kite plugin call TOOL '{"arg": ...}'      try an installed plugin's tool
 
 Trust lives in the host owner's config only: `[plugins]` in `<config dir>/bridge.toml`
-(`trusted_keys`, `trusted_unsigned`, `memory_mib`, `timeout_ms`) plus `<config dir>/
-plugin-trust.json`, which `kite plugin trust` maintains. A workspace cannot trust its own plugins.
+(`trusted_keys`, `trusted_unsigned`, `memory_mib`, `timeout_ms`, `scratch_mib`) plus
+`<config dir>/plugin-trust.json`, which `kite plugin trust` maintains. A workspace cannot trust
+its own plugins.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def load_plugin_host_config(cfg: Path | None = None) -> tuple[Any, Any]:
             table = tomllib.loads(toml_path.read_text(encoding="utf-8")).get("plugins", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise CliError(f"{toml_path}: {exc}") from None
-    unknown = set(table) - {"trusted_keys", "trusted_unsigned", "memory_mib", "timeout_ms"}
+    known = {"trusted_keys", "trusted_unsigned", "memory_mib", "timeout_ms", "scratch_mib"}
+    unknown = set(table) - known
     if unknown:
         raise CliError(f"{toml_path}: unknown [plugins] key(s): {', '.join(sorted(unknown))}")
     extra = _read_trust_file(cfg)
@@ -93,6 +95,8 @@ def load_plugin_host_config(cfg: Path | None = None) -> tuple[Any, Any]:
         changes["memory_bytes"] = int(table["memory_mib"]) * MIB
     if "timeout_ms" in table:
         changes["timeout_ms"] = int(table["timeout_ms"])
+    if "scratch_mib" in table:
+        changes["scratch_bytes"] = int(table["scratch_mib"]) * MIB
     if changes:
         from dataclasses import replace
 
