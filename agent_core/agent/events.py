@@ -77,6 +77,17 @@ class Retrying:
 
 
 @dataclass(frozen=True)
+class Compacted:
+    """The conversation was summarised (`agent_core/agent/compaction.py`); `error` when the
+    summary could not be made (the run goes on uncompacted)."""
+
+    messages: int  # messages the summary replaces in requests
+    tokens_before: int  # the estimated prompt size that triggered it
+    auto: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class StepFinished:
     step: int
 
@@ -98,6 +109,7 @@ AgentEvent = (
     | ToolFinished
     | TodosUpdated
     | Retrying
+    | Compacted
     | StepFinished
     | Finished
 )

@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from agent_core.agent import compaction
 from agent_core.agent.events import (
     AgentEvent,
     AssistantDelta,
     AssistantMessage,
+    Compacted,
     Finished,
     FinishReason,
     Retrying,
@@ -112,6 +114,10 @@ class LoopConfig:
     # Retries of retryable provider errors before any output of the turn. The HTTP providers
     # (agent_core.llm.providers) retry on their own, so the loop does not by default.
     retries: int = 0
+    # Automatic compaction: the model's context window in tokens (0: never automatic; the shells
+    # fill it from agent_core.llm.models) and the share of it that triggers a summary.
+    context_limit: int = 0
+    compact_threshold: float = 0.8
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -121,6 +127,16 @@ class LoopConfig:
 class CallModel:
     request: ModelRequest
     step: int
+
+
+@dataclass(frozen=True)
+class Compact:
+    """Ask the model for a summary (`request`), then call `compacted(text)` or
+    `compaction_failed(error)`; the model turn of `step` follows."""
+
+    request: ModelRequest
+    step: int
+    tokens_before: int
 
 
 @dataclass(frozen=True)
@@ -147,7 +163,7 @@ class Done:
     error: str | None = None
 
 
-Action = CallModel | RunTools | Wait | Done
+Action = CallModel | Compact | RunTools | Wait | Done
 Phase = Literal["idle", "model", "tools", "done"]
 
 
@@ -181,6 +197,8 @@ class AgentLoop:
         self._history: list[str] = []
         self._stop_after_wave = False
         self._last_text = ""
+        self._compact: Compact | None = None  # a summary being made
+        self._compact_tried = False  # at most one automatic compaction per model turn
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -221,6 +239,28 @@ class AgentLoop:
             self._finish("error", error=error)
         elif self.phase != "done":
             self._finish("error", error=error)
+
+    def compacted(self, summary: str) -> None:
+        """The model's summary for the pending `Compact`: append the summary message."""
+        pending = self._compact
+        if pending is None:
+            raise RuntimeError("no compaction is running")
+        self._compact = None
+        before = len(compaction.window(self.session.messages))
+        mid_run = self.step > 1
+        self.session.messages.append(
+            compaction.summary_message(summary, self.session.messages, mid_run=mid_run)
+        )
+        self.session.context_tokens = 0  # unknown until the next turn reports it
+        self._events.append(Compacted(before, pending.tokens_before, auto=True))
+
+    def compaction_failed(self, error: str) -> None:
+        """No summary: go on with the full window (the provider may still cope)."""
+        pending = self._compact
+        if pending is None:
+            raise RuntimeError("no compaction is running")
+        self._compact = None
+        self._events.append(Compacted(0, pending.tokens_before, auto=True, error=error))
 
     def restart_turn(self) -> None:
         """Forget a failed turn's partial output before a retry."""
@@ -263,7 +303,23 @@ class AgentLoop:
         if self.phase == "done" and self.done is not None:
             return self.done
         if self.phase == "model":
-            return Wait() if self._turn_ended else CallModel(self._request(), self.step)
+            if self._turn_ended or self._compact is not None:
+                return Wait()
+            if not self._compact_tried:
+                self._compact_tried = True
+                tokens = self.context_estimate()
+                limit = self.config.context_limit
+                if (
+                    limit > 0
+                    and tokens > limit * self.config.compact_threshold
+                    and len(compaction.window(self.session.messages)) > 2
+                ):
+                    request = compaction.summary_request(
+                        self.config.model, self.session.messages, self.config.max_tokens
+                    )
+                    self._compact = Compact(request, self.step, tokens)
+                    return self._compact
+            return CallModel(self._request(), self.step)
         if self.phase == "tools":
             if self._inflight:
                 return Wait()
@@ -300,12 +356,23 @@ class AgentLoop:
     def last_step(self) -> bool:
         return self.step >= self.config.max_steps
 
+    def context_estimate(self) -> int:
+        """Tokens the next request would take: the last reported prompt + output, plus an
+        estimate of the messages added since; a character estimate when nothing was reported."""
+        s = self.session
+        if s.context_tokens > 0 and s.context_at <= len(s.messages):
+            added = s.messages[s.context_at :]
+            if not any(compaction.is_summary(m) for m in added):
+                return s.context_tokens + compaction.estimate_tokens(added)
+        tools = [] if self.last_step else self.registry.specs()
+        return compaction.estimate_tokens(compaction.window(s.messages), self.config.system, tools)
+
     def _request(self) -> ModelRequest:
         system = self.config.system + (LAST_STEP_NOTE if self.last_step else "")
         return ModelRequest(
             model=self.config.model,
             system=system,
-            messages=list(self.session.messages),
+            messages=compaction.window(self.session.messages),
             tools=[] if self.last_step else self.registry.specs(),
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
@@ -315,6 +382,7 @@ class AgentLoop:
         self.phase = "model"
         self.step += 1
         self.session.step_seq += 1
+        self._compact_tried = False
         self._partial = []
         self._turn_ended = False
         self._events.append(StepStarted(self.step))
@@ -325,6 +393,11 @@ class AgentLoop:
             msg = Message("assistant", list(msg.parts))
         self.session.messages.append(msg)
         self.session.add_usage(end.usage)
+        u = end.usage
+        reported = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens
+        if reported > 0:
+            self.session.context_tokens = reported
+            self.session.context_at = len(self.session.messages)
         self._events.append(AssistantMessage(msg, end.stop_reason, end.usage))
         if msg.text().strip():
             self._last_text = msg.text()
@@ -422,6 +495,11 @@ class AgentLoop:
 
 # -- the async driver -----------------------------------------------------------------------
 
+
+class CompactionError(RuntimeError):
+    """The conversation could not be summarised (e.g. the local router has no model)."""
+
+
 EventSink = Callable[[AgentEvent], Awaitable[None] | None]
 
 
@@ -518,6 +596,54 @@ class Agent:
             raise RuntimeError("cannot redo while the agent is running")
         return await redo_changes(self.bridge, self.session)
 
+    # -- compaction (agent_core/agent/compaction.py) ---------------------------------------
+
+    async def _summarise(self, provider: Provider, request: ModelRequest) -> str:
+        """The model's summary text for a compaction request."""
+        end: TurnEnd | None = None
+        async for event in provider.stream(request):
+            if isinstance(event, TurnEnd):
+                end = event
+                break
+        if end is None:
+            raise CompactionError("the model's summary stream ended early")
+        if end.stop_reason == "error" or not end.message.text().strip():
+            raise CompactionError(f"{provider.name} cannot summarise this conversation")
+        self.session.add_usage(end.usage)
+        return end.message.text()
+
+    async def compact(self) -> int:
+        """Summarise the conversation now (`/compact`): requests then carry the summary instead
+        of the messages before it; the history itself is kept. Returns how many messages the
+        summary replaces (0: nothing to compact). Raises `CompactionError` or `ProviderError`."""
+        if self._task is not None:
+            raise RuntimeError("cannot compact while the agent is running")
+        messages = self.session.messages
+        win = compaction.window(messages)
+        if len(win) < 2:
+            return 0
+        loop = AgentLoop(self.session, self.registry, self.config)
+        tokens = loop.context_estimate()
+        request = compaction.summary_request(self.config.model, messages, self.config.max_tokens)
+        summary = await self._summarise(self.provider, request)
+        self.session.messages.append(compaction.summary_message(summary, messages))
+        self.session.context_tokens = 0
+        await self._emit(Compacted(len(win), tokens, auto=False))
+        return len(win)
+
+    async def _compact_command(self) -> RunResult:
+        try:
+            n = await self.compact()
+        except (CompactionError, ProviderError) as exc:
+            return RunResult("error", "", f"cannot compact: {exc}")
+        text = (
+            f"Compacted: a summary now stands for the {n} earlier messages (kept in the history)."
+            if n
+            else "Nothing to compact yet."
+        )
+        await self._emit(Finished("end_turn", text))
+        return RunResult("end_turn", text)
+
     def _provider_for(self, text: str) -> Provider:
         cp = self.command_provider
         if cp is not None and cp is not self.provider and text.lstrip().startswith("/"):
@@ -538,6 +664,9 @@ class Agent:
         """Run one user message to the end (or an abort); returns how it ended."""
         if self._task is not None:
             raise RuntimeError("the agent is already running")
+        text = message if isinstance(message, str) else message.text()
+        if text.strip() == "/compact":
+            return await self._compact_command()
         task = asyncio.current_task()
         assert task is not None
         self._task = task
@@ -554,6 +683,13 @@ class Agent:
                 await self._flush(loop)
                 if isinstance(action, CallModel):
                     await self._model_turn(loop, provider, action.request)
+                elif isinstance(action, Compact):
+                    try:
+                        summary = await self._summarise(self.provider, action.request)
+                    except (ProviderError, CompactionError) as exc:
+                        loop.compaction_failed(str(exc))
+                    else:
+                        loop.compacted(summary)
                 elif isinstance(action, RunTools):
                     await self._run_wave(loop, action.calls)
                 elif isinstance(action, Done):

@@ -74,6 +74,10 @@ class Session:
     outputs: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     step_seq: int = 0  # model turns so far in this session, across runs: names a step for undo
+    # The last model turn's prompt + output tokens as reported, and len(messages) then: the base
+    # of the context-size estimate for automatic compaction (0: not reported).
+    context_tokens: int = 0
+    context_at: int = 0
 
     def keep_output(self, call_id: str, text: str) -> None:
         self.outputs[call_id] = text
@@ -107,6 +111,8 @@ class Session:
             "outputs": self.outputs,
             "usage": asdict(self.usage),
             "step_seq": self.step_seq,
+            "context_tokens": self.context_tokens,
+            "context_at": self.context_at,
         }
 
     @classmethod
@@ -122,4 +128,6 @@ class Session:
             outputs=dict(obj.get("outputs", {})),
             usage=Usage(**obj.get("usage", {})),
             step_seq=int(obj.get("step_seq", 0)),
+            context_tokens=int(obj.get("context_tokens", 0)),
+            context_at=int(obj.get("context_at", 0)),
         )
