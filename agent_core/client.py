@@ -214,7 +214,7 @@ class KiteClient:
             self._fail(exc)
             raise
 
-    def _on_message(self, frame: bytes) -> None:
+    def _on_message(self, frame: bytes | bytearray) -> None:
         """Push mode: one message, straight from the transport's receive callback."""
         if self._closed is not None:
             return

@@ -240,14 +240,17 @@ class Workspace:
             raise RpcError(EINVAL, "path contains a NUL byte")
         if len(path) > MAX_PATH_CHARS:
             raise RpcError(EINVAL, f"path longer than {MAX_PATH_CHARS} characters")
-        try:
-            os.fsencode(path)
-        except UnicodeError:
-            raise RpcError(EINVAL, "path is not encodable on this host") from None
+        if not path.isascii():  # ASCII always encodes: skip the check on the common path
+            try:
+                os.fsencode(path)
+            except UnicodeError:
+                raise RpcError(EINVAL, "path is not encodable on this host") from None
         if path.startswith("/"):
             raise RpcError(EACCES, "absolute paths are not allowed; use workspace-relative paths")
         parts = [c for c in path.split("/") if c and c != "."]
-        lexical = posixpath.normpath("/".join(parts)) if parts else "."
+        if ".." not in parts:  # already normal: normpath would return the same string
+            return parts, ("/".join(parts) if parts else None)
+        lexical = posixpath.normpath("/".join(parts))
         if lexical == ".." or lexical.startswith("../"):
             raise RpcError(EACCES, f"path escapes the workspace: {path}")
         return parts, (None if lexical == "." else lexical)

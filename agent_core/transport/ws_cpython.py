@@ -18,7 +18,7 @@ from websockets.frames import Frame, Opcode
 
 from agent_core.transport.base import TransportClosed
 
-OnMessage = Callable[[bytes], None]
+OnMessage = Callable[[bytes | bytearray], None]
 
 
 class _PushConnection(ClientConnection):
@@ -36,7 +36,7 @@ class _PushConnection(ClientConnection):
         opcode = event.opcode
         if opcode is Opcode.BINARY and self._fragments is None:
             if event.fin:
-                push(event.data if type(event.data) is bytes else bytes(event.data))
+                push(event.data)  # often a bytearray: consumers take any bytes-like object
             else:
                 self._fragments = [bytes(event.data)]
         elif opcode is Opcode.CONT and self._fragments is not None:
