@@ -8,10 +8,13 @@ Same plugin (tests/plugins/echo, C, built from source), same process, interleave
   memory and back out through a new kernel block, as PDK plugins do), 10,000 calls a round;
 - instantiating a plugin from an already compiled module and making its first call (Kite: a new
   PluginInstance from a PreparedModule; Extism: a new Plugin from a CompiledPlugin, which
-  instantiates lazily at its first call).
+  instantiates lazily at its first call);
+- the same three figures for Kite's host on the JavaScript engine in Pyodide under Node (the
+  browser's engine; one Pyodide boot), beside the same-run Extism figures for scale.
 
 Figures are the best round's mean (the least disturbed by the rest of the machine). `run(quick)`
-returns rows for bench/__main__.py: metric, kite, baseline, ratio (kite / baseline), target.
+returns rows for bench/__main__.py: name (= metric), value (= kite), unit, baseline,
+baseline_name, ratio (value / baseline), target (≤ 1.0× for the CPython per-call rows).
 """
 
 from __future__ import annotations
@@ -98,17 +101,47 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
     k_us, e_us = _best([(kite_instantiate, extism_instantiate)], rounds)
     rows.append(_row("instantiate a cached module + first call", k_us, e_us, None))
-    return rows
+    baselines = {"noop": rows[0]["baseline"], "echo": rows[1]["baseline"], "inst": e_us}
+    return rows + _pyodide_rows(manifest, wasm, calls, rounds, insts, baselines)
+
+
+def _pyodide_rows(
+    manifest: Any, wasm: bytes, calls: int, rounds: int, insts: int, base: dict[str, float]
+) -> list[dict[str, Any]]:
+    """The same figures for Kite's host on the JavaScript engine in Pyodide under Node (what the
+    browser runs), beside the same-run Extism figures on CPython for scale (no target: there is
+    no Extism Python SDK under Pyodide to compare with)."""
+    from agent_core.plugins import js_runner
+
+    if not js_runner.available():
+        print("bench.plugins: Pyodide under Node is not set up; no Pyodide rows", file=sys.stderr)
+        return []
+    js = js_runner.run_bench(manifest, wasm, calls, rounds, insts)
+    tag = "Pyodide under Node"
+    return [
+        _row(f"per-call overhead, no-op call ({calls:,} calls), {tag}", js["noop_us"],
+             base["noop"], None),
+        _row(f"per-call overhead, 1 KiB echo call ({calls:,} calls), {tag}", js["echo_1k_us"],
+             base["echo"], None),
+        _row(f"instantiate a cached module + first call, {tag}", js["instantiate_us"],
+             base["inst"], None),
+    ]  # fmt: skip
 
 
 def _row(metric: str, kite: float, baseline: float, target: float | None) -> dict[str, Any]:
+    """One figure. `name`/`value` and `metric`/`kite` are the same (both spellings are read)."""
+    name = (
+        f"extism {metadata.version('extism')} (extism-sys {metadata.version('extism-sys')}), "
+        "CPython"
+    )
     return {
+        "name": metric,
+        "value": round(kite, 2),
         "metric": metric,
-        "unit": "µs",
         "kite": round(kite, 2),
+        "unit": "µs",
         "baseline": round(baseline, 2),
-        "baseline_name": f"extism {metadata.version('extism')} (extism-sys "
-        f"{metadata.version('extism-sys')})",
+        "baseline_name": name,
         "ratio": round(kite / baseline, 3),
         "target": target,
         "better": "lower",
@@ -124,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'metric':52} {'kite':>10} {'extism':>10} {'ratio':>7} {'target':>7}")
+    print(f"{'metric':72} {'kite':>10} {'extism':>10} {'ratio':>7} {'target':>7}")
     for r in rows:
         target = "" if r["target"] is None else f"≤{r['target']:g}×"
         print(
-            f"{r['metric']:52} {r['kite']:>8.2f}µs {r['baseline']:>8.2f}µs "
+            f"{r['metric']:72} {r['kite']:>8.2f}µs {r['baseline']:>8.2f}µs "
             f"{r['ratio']:>6.2f}× {target:>7}"
         )
     print(f"baseline: {rows[0]['baseline_name']}; Python {sys.version.split()[0]}")

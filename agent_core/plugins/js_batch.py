@@ -60,10 +60,52 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     return {"engine": engine.name, "results": results, "seconds": sum(timings)}
 
 
+def bench(request: dict[str, Any]) -> dict[str, Any]:
+    """Per-call overhead and cached-module instantiation on this engine (bench/plugins.py):
+    request {"bench": {"manifest", "wasm", "calls", "rounds", "instantiations"}} -> best round's
+    mean in µs for a no-op call, a 1 KiB echo, and a new instance + its first call."""
+    from agent_core.plugins.abi import PluginInstance, PreparedModule
+    from agent_core.plugins.engine import default_engine
+    from agent_core.plugins.manifest import Manifest, validate
+    from agent_core.plugins.sandbox import HostLimits, Limits
+
+    spec = request["bench"]
+    Manifest(validate(spec["manifest"]))
+    wasm = base64.b64decode(spec["wasm"])
+    calls, rounds, insts = spec["calls"], spec["rounds"], spec["instantiations"]
+    engine = default_engine()
+    prepared = PreparedModule(engine, wasm, Limits.effective(HostLimits()))
+    inst = PluginInstance(prepared, name="echo")
+    kib = bytes(range(256)) * 4
+    assert inst.call("echo", kib) == kib and inst.call("noop", b"") == b""
+
+    def per_call(fn: Any, n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t) / n * 1e6
+
+    def instantiate() -> None:
+        i = PluginInstance(prepared, name="echo")
+        i.call("noop")
+        i.close()
+
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for key, fn, n in (
+            ("noop_us", lambda: inst.call("noop", b""), calls),
+            ("echo_1k_us", lambda: inst.call("echo", kib), calls),
+            ("instantiate_us", instantiate, insts),
+        ):
+            us = per_call(fn, n)
+            best[key] = min(best.get(key, us), us)
+    return {"engine": engine.name, "bench": best}
+
+
 def main(argv: list[str]) -> int:
     with open(argv[1], encoding="utf-8") as f:
         request = json.load(f)
-    response = run(request)
+    response = bench(request) if "bench" in request else run(request)
     with open(argv[2], "w", encoding="utf-8") as f:
         json.dump(response, f)
     return 0

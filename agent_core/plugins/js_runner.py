@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent_core.plugins.manifest import Manifest
 from agent_core.plugins.sdk import Outcome
@@ -38,6 +39,45 @@ def available() -> bool:
     )
 
 
+def _run(request: dict[str, Any]) -> dict[str, Any]:
+    """Send one request to js_batch.py inside Pyodide under Node; return its response."""
+    # Inside Pyodide only the repository is mounted: the files go there (build/ is ignored).
+    work = REPO / "build" / "plugin-js"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
+        req.write_text(json.dumps(request))
+        proc = subprocess.run(
+            ["node", str(RUNNER), "--python", str(BATCH.relative_to(REPO)), str(req), str(resp)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            env={**os.environ},
+            check=False,
+        )
+        if proc.returncode != 0 or not resp.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+            raise JsBatchError("the Pyodide run failed:\n" + "\n".join(tail))
+        return json.loads(resp.read_text())
+
+
+def run_bench(
+    manifest: Manifest, wasm: bytes, calls: int, rounds: int, instantiations: int
+) -> dict[str, float]:
+    """The echo plugin's per-call and instantiation figures on the JavaScript engine (µs)."""
+    request = {
+        "bench": {
+            "manifest": manifest.raw,
+            "wasm": base64.b64encode(wasm).decode(),
+            "calls": calls,
+            "rounds": rounds,
+            "instantiations": instantiations,
+        }
+    }
+    return dict(_run(request)["bench"])
+
+
 def run_batch(
     plugins: Sequence[tuple[Manifest, bytes, Sequence[tuple[str, bytes]]]],
     no_eval: bool = False,
@@ -58,25 +98,7 @@ def run_batch(
             for m, wasm, calls in plugins
         ],
     }
-    # Inside Pyodide only the repository is mounted: the files go there (build/ is ignored).
-    work = REPO / "build" / "plugin-js"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as tmp:
-        req, resp = Path(tmp) / "request.json", Path(tmp) / "response.json"
-        req.write_text(json.dumps(request))
-        proc = subprocess.run(
-            ["node", str(RUNNER), "--python", str(BATCH.relative_to(REPO)), str(req), str(resp)],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT_S,
-            env={**os.environ},
-            check=False,
-        )
-        if proc.returncode != 0 or not resp.is_file():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
-            raise JsBatchError("the Pyodide run failed:\n" + "\n".join(tail))
-        response = json.loads(resp.read_text())
+    response = _run(request)
     out = []
     for outcomes in response["results"]:
         out.append(
