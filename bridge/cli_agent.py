@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -62,7 +63,11 @@ Device key: talking to the bridge of its own state dir, the CLI uses <state dir>
 host user who owns the state dir, so no pairing link is needed. `kite devices revoke` applies.
 Config (optional): <user config dir>/agent.json, e.g.
   {"model": "anthropic/claude-sonnet-4-5", "max_steps": 50,
-   "permission": {"bash": {"*": "ask", "git status*": "allow", "rm *": "deny"}}}
+   "permission": {"bash": {"*": "ask", "git status*": "allow", "rm *": "deny"}},
+   "models": {"my-local-model": {"context": 32000, "input": 0, "output": 0}}}
+`models` sets context windows (tokens; compaction starts near them) and prices (US$ per
+million tokens: input, output, cache_read, cache_write) per model name prefix; a small
+built-in table covers well-known OpenAI and Anthropic models.
 """
 
 
@@ -100,6 +105,32 @@ def _ruleset(config: dict[str, Any]) -> Ruleset:
     except ConfigError as exc:
         raise CliError(f"config: {exc}") from None
     return rs
+
+
+def _model_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's `models` table: context windows and prices per model name prefix."""
+    from agent_core.llm import models
+
+    try:
+        return models.overrides_from_config(config.get("models"))
+    except ValueError as exc:
+        raise CliError(f"config: {exc}") from None
+
+
+def usage_line(usage: dict[str, Any], cost: Any) -> str:
+    """`tokens: 1,234 in (100 cached), 56 out · $0.0123` for a session's totals."""
+    cached = int(usage.get("cache_read_tokens") or 0)
+    into = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_write_tokens") or 0)
+    out = int(usage.get("output_tokens") or 0)
+    line = f"tokens: {into:,} in"
+    if cached:
+        line += f" ({cached:,} cached)"
+    line += f", {out:,} out"
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        line += f" · ${cost:.4f}"
+    elif into or out:
+        line += " · cost unknown (no price for this model: set one under `models` in the config)"
+    return line
 
 
 def _model_spec(args: argparse.Namespace, config: dict[str, Any]) -> str:
@@ -662,6 +693,10 @@ def _build_agent(
     )
     max_steps = args.max_steps or int(config.get("max_steps") or 50)
     model = spec.partition("/")[2] if "/" in spec else spec
+    from agent_core.llm import models
+
+    overrides = _model_overrides(config)
+    context = 0 if spec == "local" else models.context_limit(spec, overrides)
     return Agent(
         provider,
         conn.client,
@@ -672,6 +707,8 @@ def _build_agent(
             model=model,
             max_steps=max_steps,
             system=system_prompt(info, datetime.date.today().isoformat()),
+            context_limit=context,
+            models=overrides,
         ),
         on_event=renderer,
         ask_user=prompter.questions if prompter else None,
@@ -734,7 +771,7 @@ def _sync_report(sync: Any, renderer: Renderer) -> None:
 
 
 async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> int:
-    renderer = Renderer(stream_text=sys.stdout.isatty(), quiet=args.quiet)
+    renderer = Renderer(stream_text=sys.stdout.isatty() and not args.json, quiet=args.quiet)
     if args.interactive and not _interactive_terminal():
         raise CliError("--interactive needs a terminal on stdin and stderr")
     prompter = Prompter(renderer, LineReader()) if args.interactive else None
@@ -751,11 +788,28 @@ async def _run(args: argparse.Namespace, text: str, config: dict[str, Any]) -> i
                 loop.remove_signal_handler(signal.SIGINT)
             await sync.push()
         _sync_report(sync, renderer)
-    return _report(result, renderer)
+    session = agent.session
+    usage = dataclasses.asdict(session.usage)
+    if args.json:
+        doc = {
+            "text": result.text,
+            "reason": result.reason,
+            "error": result.error,
+            "steps": result.steps,
+            "session": session.id,
+            "usage": usage,
+            "cost_usd": session.cost_usd,
+        }
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+    elif not args.quiet and any(usage.values()):
+        renderer._end_line()
+        print(f"kite: {usage_line(usage, session.cost_usd)}", file=sys.stderr)
+    return _report(result, renderer, show_text=not args.json)
 
 
-def _report(result: RunResult, renderer: Renderer) -> int:
-    if not renderer.stream_text and result.text:
+def _report(result: RunResult, renderer: Renderer, show_text: bool = True) -> int:
+    if show_text and not renderer.stream_text and result.text:
         sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
         sys.stdout.flush()
     renderer._end_line()
@@ -853,12 +907,10 @@ async def _chat(args: argparse.Namespace, config: dict[str, Any]) -> int:
                 finally:
                     await sync.push()
                 _sync_report(sync, renderer)
-                u = agent.session.usage
-                if u.input_tokens or u.output_tokens:
-                    renderer.err.print(
-                        f"[dim]tokens: {u.input_tokens + u.cache_read_tokens} in "
-                        f"({u.cache_read_tokens} cached), {u.output_tokens} out[/]"
-                    )
+                usage = dataclasses.asdict(agent.session.usage)
+                if any(usage.values()):
+                    line = usage_line(usage, agent.session.cost_usd)
+                    renderer.err.print(f"[dim]session {_esc(line)}[/]")
                 if result.reason == "aborted":
                     renderer._end_line()
                     renderer.err.print("[yellow]stopped[/]")
@@ -895,7 +947,17 @@ async def _sessions(args: argparse.Namespace) -> int:
         print("no sessions", file=sys.stderr)
     for r in rows:
         when = datetime.datetime.fromtimestamp(r["updated_at"]).strftime("%Y-%m-%d %H:%M")
-        print(f"{r['id']}  {when}  {r['messages']:>4} msgs  {r['title']}")
+        usage = r.get("usage") or {}
+        tokens = sum(
+            int(usage.get(k) or 0)
+            for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+        )
+        cost = usage.get("cost_usd", 0.0) if tokens else 0.0
+        price = f"${cost:.4f}" if isinstance(cost, (int, float)) else "$?"
+        print(
+            f"{r['id']}  {when}  {r['messages']:>4} msgs  {tokens:>9,} tok  {price:>9}  "
+            f"{r['title']}"
+        )
     return 0
 
 
@@ -952,6 +1014,12 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     _agent_options(run)
     run.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout: text, reason, error, steps, session, usage, "
+        "cost_usd",
+    )
     run.add_argument(
         "--interactive",
         "-i",

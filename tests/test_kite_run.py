@@ -261,3 +261,66 @@ def test_kite_run_with_a_model_through_the_bridge_relay(tmp_path: Path) -> None:
             system = str(last["messages"][0]["content"])  # what the host said about itself
             assert last["messages"][0]["role"] == "system" and "Workspace: ws" in system
             assert "sk-relay-test" not in r.stdout + r.stderr
+
+
+def test_tokens_and_cost_per_session_in_run_json_stderr_and_sessions(tmp_path: Path) -> None:
+    """Usage reported by the model is summed per session, priced from the config's `models`
+    table, printed by `kite run --json` / on stderr, saved on the bridge, listed by `kite
+    sessions`; a model without a price shows "cost unknown", never a guess."""
+    ms = pytest.importorskip("tests.model_server")
+    from tests.test_tools import bridge_with_key
+
+    turns = [
+        ms.Turn(
+            tool_calls=[ms.ToolCall("bash", {"command": "echo hi"})],
+            usage=(1000, 100),
+            cached_tokens=400,
+        ),
+        ms.Turn(text="done", usage=(2000, 50)),
+        ms.Turn(text="again", usage=(10, 5)),
+    ]
+    config = tmp_path / "agent.json"
+    prices = {"gpt-test": {"input": 2.0, "output": 8.0, "cache_read": 0.5}}
+    config.write_text(json.dumps({"models": prices}))
+    with ms.ScriptedModelServer(turns).in_thread() as srv:
+        env = {"OPENAI_BASE_URL": srv.base_url, "OPENAI_API_KEY": "sk-cost-test"}
+        with bridge_with_key(tmp_path, env) as bk:
+            state = bk.proc.state_dir
+            r = kite_run(
+                "--model", "openai/gpt-test", "--yes", "--json", "--config", str(config), "say hi",
+                cwd=bk.workspace, state=state,
+            )  # fmt: skip
+            assert r.returncode == 0, r.stderr
+            doc = json.loads(r.stdout)
+            assert doc["text"] == "done" and doc["reason"] == "end_turn" and doc["steps"] == 2
+            # Cached prompt tokens are counted apart from the uncached ones.
+            assert doc["usage"] == {
+                "input_tokens": 1000 + 2000,
+                "output_tokens": 150,
+                "cache_read_tokens": 400,
+                "cache_write_tokens": 0,
+            }
+            assert doc["cost_usd"] == pytest.approx((3000 * 2.0 + 150 * 8.0 + 400 * 0.5) / 1e6)
+
+            r2 = kite_run(
+                "--model", "openai/gpt-test", "--yes", "again", cwd=bk.workspace, state=state
+            )  # fmt: skip
+            assert r2.returncode == 0 and r2.stdout == "again\n", r2.stderr
+            assert "kite: tokens: 10 in, 5 out · cost unknown" in r2.stderr
+
+            listed = subprocess.run(
+                [sys.executable, "-m", "bridge", "sessions", "--state-dir", str(state), "--json"],
+                capture_output=True, text=True, env=_env(state), cwd=bk.workspace, timeout=30,
+            )  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            by_id = {s["id"]: s for s in json.loads(listed.stdout)}
+            assert by_id[doc["session"]]["usage"]["cost_usd"] == pytest.approx(doc["cost_usd"])
+            assert by_id[doc["session"]]["usage"]["output_tokens"] == 150
+            table = subprocess.run(
+                [sys.executable, "-m", "bridge", "sessions", "--state-dir", str(state)],
+                capture_output=True, text=True, env=_env(state), cwd=bk.workspace, timeout=30,
+            )  # fmt: skip
+            lines = table.stdout.strip().split("\n")
+            assert len(lines) == 2, table.stdout
+            assert "$?" in lines[0] and "15 tok" in lines[0]  # newest first: the unpriced run
+            assert "$0.0074" in lines[1] and "3,550 tok" in lines[1]

@@ -50,6 +50,8 @@ from agent_core.agent.truncate import truncate
 from agent_core.agent.undo import net_moves, redo_target, undo_target
 from agent_core.agent.undo import redo as redo_changes
 from agent_core.agent.undo import undo as undo_changes
+from agent_core.llm.models import ModelInfo
+from agent_core.llm.models import cost as model_cost
 from agent_core.llm.types import (
     Message,
     ModelRequest,
@@ -118,6 +120,8 @@ class LoopConfig:
     # fill it from agent_core.llm.models) and the share of it that triggers a summary.
     context_limit: int = 0
     compact_threshold: float = 0.8
+    # Per-model context windows and prices overriding agent_core.llm.models' table (config).
+    models: dict[str, ModelInfo] | None = None
 
 
 # -- actions -------------------------------------------------------------------------------
@@ -392,7 +396,8 @@ class AgentLoop:
         if msg.role != "assistant":
             msg = Message("assistant", list(msg.parts))
         self.session.messages.append(msg)
-        self.session.add_usage(end.usage)
+        cost = model_cost(self.config.model, end.usage, self.config.models)
+        self.session.add_usage(end.usage, cost)
         u = end.usage
         reported = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens
         if reported > 0:
@@ -609,7 +614,9 @@ class Agent:
             raise CompactionError("the model's summary stream ended early")
         if end.stop_reason == "error" or not end.message.text().strip():
             raise CompactionError(f"{provider.name} cannot summarise this conversation")
-        self.session.add_usage(end.usage)
+        self.session.add_usage(
+            end.usage, model_cost(self.config.model, end.usage, self.config.models)
+        )
         return end.message.text()
 
     async def compact(self) -> int:

@@ -73,6 +73,9 @@ class Session:
     # call id -> full tool output, for results the model only saw truncated
     outputs: dict[str, str] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
+    # US dollars for `usage`, from agent_core.llm.models' prices; None once a turn used a model
+    # whose price is unknown (never guessed).
+    cost_usd: float | None = 0.0
     step_seq: int = 0  # model turns so far in this session, across runs: names a step for undo
     # The last model turn's prompt + output tokens as reported, and len(messages) then: the base
     # of the context-size estimate for automatic compaction (0: not reported).
@@ -86,7 +89,19 @@ class Session:
             oldest = next(iter(self.outputs))
             total -= len(self.outputs.pop(oldest))
 
-    def add_usage(self, usage: Usage) -> None:
+    def add_usage(self, usage: Usage, cost_usd: float | None = 0.0) -> None:
+        """Add one model turn's tokens and their cost (None: the model's price is unknown)."""
+        tokens = (
+            usage.input_tokens
+            + usage.output_tokens
+            + usage.cache_read_tokens
+            + usage.cache_write_tokens
+        )
+        if tokens:
+            if cost_usd is None:
+                self.cost_usd = None
+            elif self.cost_usd is not None:
+                self.cost_usd += cost_usd
         u = self.usage
         u.input_tokens += usage.input_tokens
         u.output_tokens += usage.output_tokens
@@ -110,6 +125,7 @@ class Session:
             "seen": self.seen,
             "outputs": self.outputs,
             "usage": asdict(self.usage),
+            "cost_usd": self.cost_usd,
             "step_seq": self.step_seq,
             "context_tokens": self.context_tokens,
             "context_at": self.context_at,
@@ -127,6 +143,7 @@ class Session:
             seen=dict(obj.get("seen", {})),
             outputs=dict(obj.get("outputs", {})),
             usage=Usage(**obj.get("usage", {})),
+            cost_usd=obj.get("cost_usd", 0.0),
             step_seq=int(obj.get("step_seq", 0)),
             context_tokens=int(obj.get("context_tokens", 0)),
             context_at=int(obj.get("context_at", 0)),

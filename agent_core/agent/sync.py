@@ -154,7 +154,7 @@ class SessionSync:
                 {
                     "id": self.session.id,
                     "messages": batch,
-                    "usage": asdict(self.session.usage),
+                    "usage": {**asdict(self.session.usage), "cost_usd": self.session.cost_usd},
                     "title": self.session.title,
                 },
                 timeout=CALL_TIMEOUT_S,
@@ -241,9 +241,11 @@ async def resume(
         session.messages.extend(pending[len(fetched) :])
     session.title = info.get("title") or session.title
     session.created_at = info.get("created_at") or session.created_at
-    usage = info.get("usage") or {}
+    usage = dict(info.get("usage") or {})
+    cost = usage.pop("cost_usd", 0.0)
     with contextlib.suppress(TypeError):
         session.usage = type(session.usage)(**usage)
+        session.cost_usd = float(cost) if isinstance(cost, (int, float)) else None
     sync = SessionSync(
         client, session, cache=cache, model=model or info.get("model", ""), synced=synced
     )
