@@ -295,16 +295,15 @@ async def _verify(client: Any, where: str) -> None:
 @contextlib.asynccontextmanager
 async def connect(args: argparse.Namespace) -> AsyncIterator[Connection]:
     """A connected client: remote, the state dir's running bridge, or an in-process one."""
+    from agent_core.agent.reconnect import ReconnectingClient
     from agent_core.channel.crypto_cpython import CpythonCryptoBackend
-    from agent_core.channel.handshake import SUBPROTOCOL_CONNECT
     from agent_core.channel.noise import NoiseError
-    from agent_core.client import KiteClient
-    from agent_core.pairing import websocket_url
-    from agent_core.transport.ws_cpython import open_websocket
     from bridge import statedir
 
     state = statedir.ensure_state_dir(statedir.resolve_state_dir(args.state_dir))
     bridge: Any = None
+    key: Any = None
+    host_key = b""
     try:
         if args.bridge:
             client, url = await _open_remote(state, args.bridge)
@@ -321,15 +320,7 @@ async def connect(args: argparse.Namespace) -> AsyncIterator[Connection]:
             else:
                 bridge = await _start_bridge(state)
                 url, workspace = bridge.base_url, str(bridge.workspace.root)
-            transport = await open_websocket(websocket_url(url), SUBPROTOCOL_CONNECT)
-            client = await KiteClient.handshake(
-                transport,
-                backend,
-                mode=SUBPROTOCOL_CONNECT,
-                static=key,
-                host_key=host_key,
-                info={"name": "kite cli"},
-            )
+            client = await _open_local(url, key, host_key)
         await _verify(client, args.bridge or url)
     except (OSError, ConnectionError, NoiseError) as exc:
         if bridge is not None:
@@ -340,12 +331,48 @@ async def connect(args: argparse.Namespace) -> AsyncIterator[Connection]:
         if bridge is not None:
             await bridge.stop()
         raise
+    first_url = url
+
+    async def reopen() -> Any:
+        """A new connection after a drop: the bridge may have restarted (on another port)."""
+        if args.bridge:
+            return (await _open_remote(state, args.bridge))[0]
+        running = statedir.read_runtime_info(state) if bridge is None else None
+        target = running["url"] if running else first_url
+        return await _open_local(target, key, host_key)
+
+    def on_state(what: str, detail: str) -> None:
+        if what == "reconnecting":
+            print(f"kite: lost the bridge connection; reconnecting ({detail})", file=sys.stderr)
+        else:
+            print("kite: reconnected to the bridge", file=sys.stderr)
+
+    rc = ReconnectingClient(reopen, client=client, on_state=on_state)
     try:
-        yield Connection(client, url, workspace, bridge is not None)
+        yield Connection(rc, url, workspace, bridge is not None)
     finally:
-        await client.close()
+        await rc.close()
         if bridge is not None:
             await bridge.stop()
+
+
+async def _open_local(url: str, key: Any, host_key: bytes) -> Any:
+    """Connect to a bridge of this host with the state dir's CLI device key."""
+    from agent_core.channel.crypto_cpython import CpythonCryptoBackend
+    from agent_core.channel.handshake import SUBPROTOCOL_CONNECT
+    from agent_core.client import KiteClient
+    from agent_core.pairing import websocket_url
+    from agent_core.transport.ws_cpython import open_websocket
+
+    transport = await open_websocket(websocket_url(url), SUBPROTOCOL_CONNECT)
+    return await KiteClient.handshake(
+        transport,
+        CpythonCryptoBackend(),
+        mode=SUBPROTOCOL_CONNECT,
+        static=key,
+        host_key=host_key,
+        info={"name": "kite cli"},
+    )
 
 
 async def _start_bridge(state: Path) -> Any:
