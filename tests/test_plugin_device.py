@@ -186,3 +186,32 @@ def test_load_device_tools_never_raises_and_keeps_builtins(setup: dict[str, Any]
         assert errors and errors[0].kind == "load"
 
     run(main())
+
+
+def test_a_cache_reuses_unchanged_plugins_and_closes_removed_ones(setup: dict[str, Any]) -> None:
+    """What the web app does on a reconnect: no second download for an unchanged plugin."""
+    import shutil
+
+    async def main() -> None:
+        cache: dict[str, Any] = {}
+        host = _host(setup["tmp"])
+        client = await pair(setup["bridge"], CpythonCryptoBackend())
+        try:
+            first = await load_device_plugins(client, host=host, cache=cache)
+            again = await load_device_plugins(client, host=host, cache=cache)
+            by_name = {p.name: p for p in first.plugins}
+            assert {p.name: p for p in again.plugins} == by_name  # the same objects
+            assert len(cache) == 2
+            # json_fmt is uninstalled: its instance is closed; todo_scan is kept as it was.
+            shutil.rmtree(setup["plugins"] / "json_fmt")
+            third = await load_device_plugins(client, host=host, cache=cache)
+            assert [p.name for p in third.plugins] == ["todo_scan"]
+            assert third.plugins[0] is by_name["todo_scan"]
+            assert by_name["json_fmt"].instance._inst is None  # closed
+            assert by_name["todo_scan"].instance._inst is not None
+            out = await third.tools[0].run({"text": "# TODO: still\n"}, None)
+            assert "still" in out.output
+        finally:
+            await client.close()
+
+    run(main())

@@ -26,6 +26,7 @@ reported through `on_error` and left out.
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -156,6 +157,12 @@ def read_module(dirs: Iterable[tuple[str, Path]], name: Any) -> bytes:
 
 ErrorSink = Callable[[PluginError], None]
 
+# The web app's loaded plugins, kept across reconnects: a plugin whose manifest (and the limits it
+# runs under) did not change is neither downloaded nor instantiated again; one that disappeared
+# or changed is closed. Key: the canonical manifest JSON and the host limits.
+PluginCache = dict[str, Plugin]
+_BROWSER_CACHE: PluginCache = {}
+
 
 @dataclass
 class DevicePlugins:
@@ -243,8 +250,10 @@ async def load_device_plugins(
     host: PluginHost | None = None,
     trust: TrustPolicy | None = None,
     include_host_run: bool = True,
+    cache: PluginCache | None = None,
 ) -> DevicePlugins:
-    """Load the bridge's installed device-run plugins here; see the module doc."""
+    """Load the bridge's installed device-run plugins here; see the module doc. With `cache`,
+    unchanged plugins from an earlier call are reused and the others closed."""
     out = DevicePlugins()
     try:
         listing = await client.call(OP_INSTALLED, {}, timeout=LIST_TIMEOUT_S)  # type: ignore[call-arg]
@@ -259,14 +268,21 @@ async def load_device_plugins(
         if isinstance(err, dict):
             kind = str(err.get("kind") or "load")
             out.errors.append(PluginError(str(err.get("message", err.get("name"))), kind))
+    kept: PluginCache = {}
     for entry in listing.get("plugins") or []:
         try:
-            plugin = await _load_one(client, entry, host)
+            plugin = await _load_one(client, entry, host, cache, kept)
         except PluginError as exc:
             out.errors.append(exc)
             continue
         if plugin is not None:
             out.plugins.append(plugin)
+    if cache is not None:
+        for key, old in list(cache.items()):
+            if key not in kept:
+                old.close()
+        cache.clear()
+        cache.update(kept)
     tools = [t for p in out.plugins for t in p.tools()]
     if include_host_run:
         try:
@@ -283,20 +299,33 @@ async def load_device_plugins(
     return out
 
 
-async def _load_one(client: Bridge, entry: Any, host: PluginHost) -> Plugin | None:
+async def _load_one(
+    client: Bridge,
+    entry: Any,
+    host: PluginHost,
+    cache: PluginCache | None = None,
+    kept: PluginCache | None = None,
+) -> Plugin | None:
     if not isinstance(entry, dict):
         raise PluginError("the bridge sent a malformed plugin entry", "invalid")
     manifest = Manifest(validate(entry.get("manifest")), None)
     if manifest.run_on != "device":
         return None  # the bridge runs it (plugin.call)
-    note = host.trust.check(manifest)  # before downloading anything
+    note = host.trust.check(manifest)  # before downloading anything (and for a cached one too)
+    key = json.dumps(manifest.raw, sort_keys=True) + repr(host.limits)
+    if cache is not None and kept is not None and key in cache:
+        kept[key] = cache[key]
+        return cache[key]
     if _by_path(manifest):
         data = await fetch_module(client, manifest.name, manifest.wasm_hash)
     else:
         data = manifest.load_wasm()
     if hashlib.sha256(data).hexdigest() != manifest.wasm_hash:  # belt and braces
         raise PluginError(f"{manifest.name}: module hash mismatch", "hash")
-    return Plugin(manifest, data, host, note)
+    plugin = Plugin(manifest, data, host, note)
+    if kept is not None:
+        kept[key] = plugin
+    return plugin
 
 
 async def load_device_tools(
@@ -307,9 +336,11 @@ async def load_device_tools(
     on_error: ErrorSink | None = None,
 ) -> list[Any]:
     """The agent tools of the bridge's installed plugins (device-run here, host-run through
-    `plugin.call`). Never raises; each refused plugin goes to `on_error`."""
+    `plugin.call`). Never raises; each refused plugin goes to `on_error`. Without `host` (the
+    web app), plugins are kept across calls (reconnects) and reused while unchanged."""
+    cache = _BROWSER_CACHE if host is None else None
     try:
-        found = await load_device_plugins(client, host=host, trust=trust)
+        found = await load_device_plugins(client, host=host, trust=trust, cache=cache)
     except Exception as exc:  # a plugin problem must never keep the agent from starting
         found = DevicePlugins(errors=[PluginError(f"plugins not loaded: {exc}", "load")])
     if on_error is not None:
