@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "tests" / "pyodide" / "run.mjs"
 BATCH = Path(__file__).resolve().with_name("js_batch.py")
 TIMEOUT_S = 600
+_HOST_PYTHON_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH")
 
 
 class JsBatchError(RuntimeError):
@@ -53,7 +54,9 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
-            env={**os.environ},
+            # PYTHONPATH & co. are for this CPython; Pyodide would take them too, and a host
+            # path on its sys.path hides the repository mount (python -m bench sets one).
+            env={k: v for k, v in os.environ.items() if k not in _HOST_PYTHON_ENV},
             check=False,
         )
         if proc.returncode != 0 or not resp.is_file():
