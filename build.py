@@ -197,6 +197,9 @@ def compile_pyc(b: Builder, sources: dict[str, bytes]) -> dict[str, bytes]:
                 shutil.rmtree(cache)
             shutil.copytree(out, cache)
         (cache / "done").write_text(run.stdout)
+        # keep the cache small: the four most recent source states
+        for old in sorted(PYC_CACHE.iterdir(), key=lambda p: p.stat().st_mtime)[:-4]:
+            shutil.rmtree(old, ignore_errors=True)
     report = (cache / "done").read_text()
     boot = re.search(r"^BOOT (.*)$", report, re.M)
     if boot is None:  # a boot module failed to import under Node: ship no bytecode, say so

@@ -87,3 +87,41 @@ def test_incremental_and_stable(out: Path, tmp_path: Path) -> None:
     assert json.loads((other / "precache-manifest.json").read_text()) == json.loads(
         (out / "precache-manifest.json").read_text()
     )
+
+
+def test_wheel_is_stored_with_pyodide_bytecode(out: Path) -> None:
+    """Stored entries (brotli compresses the whole wheel better); unchecked-hash .pyc for the
+    modules a boot imports, compiled by Pyodide's CPython (its cache tag, not the host's)."""
+    import shutil
+    import zipfile
+
+    wheel = _one(out, "py/*/*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        infos = zf.infolist()
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
+        names = {i.filename for i in infos}
+        assert "kite_web.py" in names and "agent_core/client.py" in names
+        if shutil.which("node") is None:
+            pytest.skip("node is missing: the wheel ships sources only")
+        pycs = sorted(n for n in names if n.endswith(".pyc"))
+        assert "__pycache__/kite_web.cpython-314.pyc" in pycs, pycs[:5]
+        assert any(n.startswith("agent_core/channel/__pycache__/noise.") for n in pycs)
+        # a CPython-only module is never imported in the browser: no bytecode for it
+        assert not any("crypto_cpython" in n for n in pycs)
+        for name in pycs:
+            src = name.replace("__pycache__/", "").rsplit(".", 2)[0] + ".py"
+            assert src in names, name  # sources stay (tracebacks, inspect)
+            header = zf.read(name)[:16]
+            flags = int.from_bytes(header[4:8], "little")
+            assert flags == 0b01, (name, flags)  # hash-based, not checked against the source
+    br = wheel.with_name(wheel.name + ".br")
+    assert br.is_file() and br.stat().st_size < wheel.stat().st_size * 0.4
+
+
+def test_boot_files_are_shipped(out: Path) -> None:
+    boot = _one(out, "app/*/boot.js").read_text()
+    worker = _one(out, "app/*/worker.js").read_text()
+    assert 'from "./boot.js"' in worker and "listenForWasm()" in worker
+    assert "integrity" in boot and "unpackArchive" in boot
+    for call in ("micropip.install", "loadPackage(", "import micropip"):
+        assert call not in boot + worker, call
