@@ -52,6 +52,7 @@ from agent_core.agent.undo import redo as redo_changes
 from agent_core.agent.undo import undo as undo_changes
 from agent_core.llm.models import ModelInfo
 from agent_core.llm.models import cost as model_cost
+from agent_core.llm.models import lookup as lookup_model
 from agent_core.llm.types import (
     Message,
     ModelRequest,
@@ -201,6 +202,9 @@ class AgentLoop:
         self._history: list[str] = []
         self._stop_after_wave = False
         self._last_text = ""
+        self._scanned = 0  # messages checked for summaries so far (the window is incremental)
+        self._window_start = 0
+        self._price = lookup_model(self.config.model, self.config.models)
         self._compact: Compact | None = None  # a summary being made
         self._compact_tried = False  # at most one automatic compaction per model turn
 
@@ -309,15 +313,11 @@ class AgentLoop:
         if self.phase == "model":
             if self._turn_ended or self._compact is not None:
                 return Wait()
-            if not self._compact_tried:
+            limit = self.config.context_limit
+            if not self._compact_tried and limit > 0:
                 self._compact_tried = True
                 tokens = self.context_estimate()
-                limit = self.config.context_limit
-                if (
-                    limit > 0
-                    and tokens > limit * self.config.compact_threshold
-                    and len(compaction.window(self.session.messages)) > 2
-                ):
+                if tokens > limit * self.config.compact_threshold and len(self._window()) > 2:
                     request = compaction.summary_request(
                         self.config.model, self.session.messages, self.config.max_tokens
                     )
@@ -360,6 +360,17 @@ class AgentLoop:
     def last_step(self) -> bool:
         return self.step >= self.config.max_steps
 
+    def _window(self) -> list[Message]:
+        """`compaction.window(session.messages)`, scanning only messages added since."""
+        msgs = self.session.messages
+        if self._scanned > len(msgs):  # the list was replaced
+            self._scanned, self._window_start = 0, 0
+        for i in range(self._scanned, len(msgs)):
+            if compaction.is_summary(msgs[i]):
+                self._window_start = i
+        self._scanned = len(msgs)
+        return msgs[self._window_start :]
+
     def context_estimate(self) -> int:
         """Tokens the next request would take: the last reported prompt + output, plus an
         estimate of the messages added since; a character estimate when nothing was reported."""
@@ -369,14 +380,14 @@ class AgentLoop:
             if not any(compaction.is_summary(m) for m in added):
                 return s.context_tokens + compaction.estimate_tokens(added)
         tools = [] if self.last_step else self.registry.specs()
-        return compaction.estimate_tokens(compaction.window(s.messages), self.config.system, tools)
+        return compaction.estimate_tokens(self._window(), self.config.system, tools)
 
     def _request(self) -> ModelRequest:
         system = self.config.system + (LAST_STEP_NOTE if self.last_step else "")
         return ModelRequest(
             model=self.config.model,
             system=system,
-            messages=compaction.window(self.session.messages),
+            messages=self._window(),
             tools=[] if self.last_step else self.registry.specs(),
             max_tokens=self.config.max_tokens,
             temperature=self.config.temperature,
@@ -396,7 +407,7 @@ class AgentLoop:
         if msg.role != "assistant":
             msg = Message("assistant", list(msg.parts))
         self.session.messages.append(msg)
-        cost = model_cost(self.config.model, end.usage, self.config.models)
+        cost = self._price.price.cost(end.usage) if self._price and self._price.price else None
         self.session.add_usage(end.usage, cost)
         u = end.usage
         reported = u.input_tokens + u.cache_read_tokens + u.cache_write_tokens + u.output_tokens
@@ -606,10 +617,14 @@ class Agent:
     async def _summarise(self, provider: Provider, request: ModelRequest) -> str:
         """The model's summary text for a compaction request."""
         end: TurnEnd | None = None
-        async for event in provider.stream(request):
-            if isinstance(event, TurnEnd):
-                end = event
-                break
+        stream = provider.stream(request)
+        try:
+            async for event in stream:
+                if isinstance(event, TurnEnd):
+                    end = event
+                    break
+        finally:
+            await _close(stream)
         if end is None:
             raise CompactionError("the model's summary stream ended early")
         if end.stop_reason == "error" or not end.message.text().strip():
@@ -721,13 +736,15 @@ class Agent:
         attempt = 0
         while True:
             started = False
+            stream = provider.stream(request)
             try:
-                async for event in provider.stream(request):
+                async for event in stream:
                     started = True
                     loop.feed(event)
                     await self._flush(loop)
                     if isinstance(event, TurnEnd):
                         break
+                await _close(stream)
                 if not loop.turn_ended:
                     loop.fail(f"{provider.name}: the model stream ended without finishing its turn")
                 return
@@ -767,7 +784,18 @@ class Agent:
             loop.tool_result(pc.call.id, result)
             await self._flush(loop)
 
-        await asyncio.gather(*(one(pc) for pc in calls))
+        if len(calls) == 1:  # no task for a lone call: one event-loop hop less (Pyodide)
+            await one(calls[0])
+        else:
+            await asyncio.gather(*(one(pc) for pc in calls))
+
+
+async def _close(stream: Any) -> None:
+    """Close a provider stream left after its TurnEnd now, rather than through the event loop's
+    async-generator finaliser (a scheduled task per model turn: under Pyodide a timer each)."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _doom_guarded(tool: Tool) -> Tool:

@@ -71,9 +71,12 @@ def redo_target(session: Session) -> list[ChangeSet]:
 
 
 def drop_redo(session: Session) -> None:
-    """A new change makes undone steps unreachable for redo: forget them."""
-    if any(cs.undone for cs in session.changes):
-        session.changes = [cs for cs in session.changes if not cs.undone]
+    """A new change makes undone steps unreachable for redo: forget them. Undone change sets
+    are always a suffix of the journal (undo takes the newest applied, redo the oldest undone),
+    so this looks at the end only: O(1) per recorded change."""
+    changes = session.changes
+    while changes and changes[-1].undone:
+        changes.pop()
 
 
 def net_moves(sets: list[ChangeSet]) -> list[FileMove]:
