@@ -539,6 +539,15 @@ class Renderer:
                 self.err.print(f"  {marks.get(t['status'], '○')} {_esc(t['content'])}")
         elif isinstance(ev, E.Retrying):
             self.err.print(f"[yellow]retrying in {ev.delay_s:.0f} s: {_esc(ev.error)}[/]")
+        elif isinstance(ev, E.Compacted):
+            if ev.error:
+                self.err.print(f"[yellow]could not compact the conversation: {_esc(ev.error)}[/]")
+            elif not self.quiet:
+                how = "automatically" if ev.auto else "on request"
+                self.err.print(
+                    f"[dim]compacted {how}: a summary now stands for {ev.messages} messages "
+                    f"(~{ev.tokens_before:,} tokens); the full history is kept[/]"
+                )
 
 
 def _esc(text: str) -> str:
@@ -868,6 +877,8 @@ def _report(result: RunResult, renderer: Renderer, show_text: bool = True) -> in
 
 CHAT_HELP = """\
 Chat commands: /exit (or Ctrl-D) quits · /new starts a new session · /help shows this.
+/compact summarises the conversation so far (with a model) to free its context; the full
+history stays saved. /undo and /redo revert and re-apply the file changes of a step.
 Ctrl-C stops the current step; the conversation is kept.
 Slash commands for the workspace work with any model:"""
 
