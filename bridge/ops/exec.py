@@ -353,7 +353,8 @@ async def exec_run(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
         raise RpcError(EACCES, "command execution is disabled by host policy")
     unknown = sorted(set(args) - _ARGS)
     if unknown:
-        raise RpcError(EINVAL, f"unknown argument(s): {', '.join(map(str, unknown))}")
+        # repr: a name that is no valid Unicode (a lone surrogate) must not break the reply.
+        raise RpcError(EINVAL, f"unknown argument(s): {', '.join(map(repr, unknown))}")
     argv, shown = _parse_command(args)
     ctx.audit["command"] = shown
     cwd_rel = arg_str(args, "cwd", ".")
