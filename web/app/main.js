@@ -397,6 +397,29 @@ $("host-add").addEventListener("submit", (e) => {
   ask("host_add", { link });
 });
 
+// Undo/redo of a step: the buttons sit in the card of the step's last file change.
+function drawUndo(msg) {
+  for (const b of log.querySelectorAll(".step-actions")) b.remove();
+  for (const [id, card] of tools) card.li.classList.toggle("undone", (msg.undone || []).includes(id));
+  for (const [kind, label] of [["undo", "Undo"], ["redo", "Redo"]]) {
+    const target = msg[kind];
+    const card = target && tools.get(target.call);
+    if (!card) continue;
+    const files = target.paths.join(", ");
+    const b = el("button", {
+      type: "button",
+      text: label,
+      "aria-label": `${label} this step (${files})`,
+      title: `${label}: ${files}`,
+      onclick: () => {
+        b.disabled = true;
+        worker.postMessage({ type: kind });
+      },
+    });
+    card.li.append(el("div", { class: "step-actions" }, b));
+  }
+}
+
 const handlers = {
   progress(msg) {
     $("boot-progress").value = msg.value;
@@ -459,6 +482,7 @@ const handlers = {
   notice(msg) {
     toast(msg.text);
   },
+  undo_state: drawUndo,
   op_error(msg) {
     const panel = panels[OP_PANEL[msg.op]];
     if (panel && panel.open) {

@@ -34,6 +34,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import js  # type: ignore[import-not-found]
 from js import kiteDeviceKey, kitePost, kiteStore  # type: ignore[import-not-found]
 
 from agent_core.agent import events as ev
@@ -487,6 +488,7 @@ class App:
         self.agent.registry = with_tools(self.agent.registry, getattr(self, "plugin_tools", []))
         if warning:
             post("notice", text=warning)
+        self.post_undo()
 
     async def _approve(self, request: PermissionRequest) -> PermissionReply:
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -528,6 +530,7 @@ class App:
             post("finished", reason=event.reason, error=event.error)
             if self.sync is not None:
                 post("session", id=self.sync.session.id, title=self.sync.session.title)
+            self.post_undo()
 
     async def submit(self, text: str) -> None:
         if self.agent is None or not self.connected.is_set():
@@ -542,6 +545,41 @@ class App:
             post("finished", reason="error", error=str(exc))
         if self.sync is not None and self.sync.error:
             post("notice", text=self.sync.error)
+
+    # -- undo / redo of a step (Agent.undo/redo, docs/architecture.md) ---------------------------
+
+    def post_undo(self) -> None:
+        """Which tool cards carry the Undo and Redo buttons, and which steps are undone."""
+        session = self.sync.session if self.sync is not None else None
+        if session is None or self.agent is None or not hasattr(self.agent, "can_undo"):
+            post("undo_state", undo=None, redo=None, undone=[])
+            return
+        from agent_core.agent.undo import redo_target, undo_target
+
+        u, r = undo_target(session), redo_target(session)
+        post(
+            "undo_state",
+            undo={"call": u[-1].call_id, "paths": self.agent.undo_preview()} if u else None,
+            redo={"call": r[-1].call_id, "paths": self.agent.redo_preview()} if r else None,
+            undone=[cs.call_id for cs in session.changes if cs.undone],
+        )
+
+    async def _undo_redo(self, which: str) -> None:
+        self._need_client()
+        self._idle()
+        if self.agent is None or self.sync is None:
+            raise RuntimeError("no session")
+        paths = await (self.agent.undo() if which == "undo" else self.agent.redo())
+        await self.sync.push()  # saves session.changes (device cache; messages are unchanged)
+        done = "Undone" if which == "undo" else "Redone"
+        post("notice", text=f"{done}: {', '.join(paths)}" if paths else f"Nothing to {which}.")
+        self.post_undo()
+
+    async def op_undo(self, msg: dict[str, Any]) -> None:
+        await self._undo_redo("undo")
+
+    async def op_redo(self, msg: dict[str, Any]) -> None:
+        await self._undo_redo("redo")
 
     # -- the page's other requests -------------------------------------------------------------
 
@@ -565,8 +603,10 @@ class App:
             await fn(msg)
         except RpcError as exc:
             post("op_error", op=op, error=f"{exc.code}: {exc.message}")
-        except Exception as exc:
+        except Exception as exc:  # UndoError, ValueError...: the message says what to do
             post("op_error", op=op, error=str(exc) or type(exc).__name__)
+        if op in ("undo", "redo"):
+            self.post_undo()  # re-enable the buttons whatever happened
 
     async def op_sessions(self, msg: dict[str, Any]) -> None:
         await self.list_sessions()
@@ -723,10 +763,18 @@ class App:
         old = self.host
         try:
             entry = await self.pair(link)
-        except Exception:
+        except Exception as exc:
             self.host = old
             if old is not None and self.connected.is_set():
                 state("ready", "")
+            base = parse_link(link).base_url
+            here = str(getattr(js.location, "origin", ""))
+            if "failed to open" in str(exc) and not base.startswith(here):
+                raise RuntimeError(
+                    f"{exc}. A bridge on another origin must be allowed twice: this app's bridge "
+                    f"must let the page connect to it (Content-Security-Policy connect-src) and "
+                    f"it must accept this page (kite serve --allow-origin {here})"
+                ) from exc
             raise
         await self._switch(entry)
 
