@@ -52,6 +52,43 @@ async function fetchWheel(pyDir) {
 }
 
 /**
+ * Copy a *stored* zip (build.py writes the wheel uncompressed; the transfer is brotli) straight
+ * into Pyodide's file system: no Python `zipfile`/`shutil` import, no extraction in wasm.
+ * Returns false, having written nothing, if any entry is compressed or its name is unsafe.
+ */
+export function writeStoredZip(FS, zip, dir) {
+  const dv = new DataView(zip.buffer, zip.byteOffset, zip.byteLength);
+  let eocd = zip.length - 22;
+  while (eocd >= 0 && dv.getUint32(eocd, true) !== 0x06054b50) eocd--;
+  if (eocd < 0) return false;
+  const count = dv.getUint16(eocd + 10, true);
+  let p = dv.getUint32(eocd + 16, true);
+  const utf8 = new TextDecoder();
+  const files = [];
+  for (let i = 0; i < count; i++) {
+    if (dv.getUint32(p, true) !== 0x02014b50) return false;
+    const method = dv.getUint16(p + 10, true);
+    const size = dv.getUint32(p + 20, true);
+    const nameLen = dv.getUint16(p + 28, true);
+    const extraLen = dv.getUint16(p + 30, true);
+    const commentLen = dv.getUint16(p + 32, true);
+    const local = dv.getUint32(p + 42, true);
+    const name = utf8.decode(zip.subarray(p + 46, p + 46 + nameLen));
+    p += 46 + nameLen + extraLen + commentLen;
+    if (name.endsWith("/")) continue;
+    if (method !== 0 || name.startsWith("/") || name.split("/").some((s) => s === ".." || s === "")) return false;
+    const start = local + 30 + dv.getUint16(local + 26, true) + dv.getUint16(local + 28, true);
+    files.push([name, zip.subarray(start, start + size)]);
+  }
+  for (const [name, data] of files) {
+    const path = `${dir}/${name}`;
+    FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
+    FS.writeFile(path, data);
+  }
+  return true;
+}
+
+/**
  * Worker side: Pyodide up, the agent wheel installed. `wasm: "page"` means the page is compiling
  * the wasm module and will post it. Returns `{pyodide, timings}` (ms since `t0`).
  */
@@ -100,7 +137,9 @@ export async function bootRuntime({ pyodideDir, pyDir, wasm, progress }) {
   const sitePackages = pyodide.runPython(
     "import sys; f'/lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages'",
   );
-  pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages });
+  if (!writeStoredZip(pyodide.FS, bytes, sitePackages)) {
+    pyodide.unpackArchive(bytes, "wheel", { extractDir: sitePackages }); // a deflated wheel
+  }
   pyodide.runPython("import importlib; importlib.invalidate_caches()");
   mark("wheel_installed");
   progress(0.9, "Starting the agent");
