@@ -49,7 +49,19 @@ def _clean(value: Any, depth: int = 0) -> Any:
     return _clean(str(value), depth)
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+def _make_encode() -> Any:
+    """Compact JSON with `default=str`; the C encoder is built once, not per line."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # pragma: no cover - a Python without the _json accelerator
+        return json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+    # markers=None: no cycle check, which `_clean` makes moot (it cuts nesting at depth 4),
+    # and no state left behind by a failed call.
+    encode = make(None, str, json.encoder.c_encode_basestring, None, ":", ",", False, False, True)
+    join = "".join
+    return lambda obj: join(encode(obj, 0))
+
+
+_encode = _make_encode()
 _PLAIN = (int, float, bool)
 _second = -1
 _second_text = ""

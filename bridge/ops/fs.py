@@ -344,7 +344,7 @@ async def fs_read(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
             raise RpcError(EINVAL, "end_line must be >= start_line")
         line_range = (s, end_line)
     policy = ctx.policy
-    o = ctx.workspace.open(path)
+    o = ctx.workspace.open(path, positional_only=True)  # only pread below
     try:
         st = o.st
         if stat.S_ISDIR(st.st_mode):
