@@ -49,14 +49,21 @@ SCENARIOS = {
 }
 
 
+SERVER: list[ScriptedModelServer] = []
+
+
 def by_scenario(req: RecordedRequest) -> Turn:
-    return SCENARIOS[last_user_text(req)]
+    name = last_user_text(req)
+    if name == "disconnects":  # lets the Pyodide side see the server notice a closed stream
+        return Turn(text=str(SERVER[0].disconnects))
+    return SCENARIOS[name]
 
 
 @pytest.mark.slow
 def test_fetch_client_inside_pyodide() -> None:
     node = node_binary()
-    with ScriptedModelServer([by_scenario] * 40).in_thread() as srv:
+    with ScriptedModelServer([by_scenario] * 400).in_thread() as srv:
+        SERVER[:] = [srv]
         with socket.socket() as s:  # a port that was free a moment ago: refused
             s.bind(("127.0.0.1", 0))
             dead_port = s.getsockname()[1]

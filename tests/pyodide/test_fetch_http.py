@@ -10,7 +10,6 @@ server received (paths, credentials, that an aborted stream's connection was clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
@@ -129,10 +128,27 @@ def test_stream_cut_midway_keeps_the_partial_text(fmt: str) -> None:
     assert not any(isinstance(e, TurnEnd) for e in seen)
 
 
+async def server_disconnects() -> int:
+    """How many hanging streams the server has seen their client leave (it tells us)."""
+    events = await collect("openai", "disconnects")
+    return int(events[-1].message.text())
+
+
+async def wait_for_disconnects(more_than: int) -> int:
+    """The abort must close the connection now, not when this process exits."""
+    for _ in range(100):
+        seen = await server_disconnects()
+        if seen > more_than:
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the server still sees {more_than} closed streams after 5 s")
+
+
 def test_closing_the_body_early_closes_the_connection() -> None:
-    """The `hang` scenario never ends its stream; the host checks the server saw us go."""
+    """The `hang` scenario never ends its stream: closing the body must close the socket."""
 
     async def go() -> str:
+        before = await server_disconnects()
         client = default_http_client()
         body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hang"}]}'
         url = MODEL_URL.rstrip("/") + "/v1/chat/completions"
@@ -141,6 +157,7 @@ def test_closing_the_body_early_closes_the_connection() -> None:
         assert response.headers["content-type"].startswith("text/event-stream")
         first = await response.body.__anext__()
         await response.body.aclose()
+        await wait_for_disconnects(before)
         return first.decode()
 
     assert "Hel" in run(go())
@@ -160,17 +177,22 @@ def test_connection_refused_is_a_retryable_http_error() -> None:
 
 def test_cancelling_a_read_aborts_the_request() -> None:
     async def go() -> None:
+        before = await server_disconnects()
         client = default_http_client()
         body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"hang"}]}'
         url = MODEL_URL.rstrip("/") + "/v1/chat/completions"
         response = await client.stream("POST", url, {"content-type": "application/json"}, body)
         pieces = response.body
-        await pieces.__anext__()
+        got = b""
+        while b"[DONE]" not in got:  # everything the server will send: the next read waits
+            got += await pieces.__anext__()
         task = asyncio.ensure_future(pieces.__anext__())
         await asyncio.sleep(0.05)
+        assert not task.done()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        with pytest.raises(asyncio.CancelledError):
             await task
+        await wait_for_disconnects(before)  # the cancelled read alone closed it
         await pieces.aclose()
 
     run(go())
