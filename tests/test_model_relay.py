@@ -103,7 +103,13 @@ class Tap:
 
     async def decrypt(self, frame: bytes) -> bytes:
         plain = await self._channel.decrypt(frame)
-        self.plaintexts.append(plain)
+        self.plaintexts.append(bytes(plain))
+        return plain
+
+    def decrypt_sync(self, frame: Any) -> Any:
+        """The client's push mode (CPython) decrypts synchronously, in the receive callback."""
+        plain = self._channel.decrypt_sync(frame)
+        self.plaintexts.append(bytes(plain))
         return plain
 
     def __getattr__(self, name: str) -> Any:
