@@ -188,6 +188,9 @@ def test_pair_read_offline(
     page.reload()
     assert _wait_state(page, ("offline",)) == "offline"
     assert page.get_by_role("alert").is_visible()
+    # The current session is readable offline, from the device's cache (IndexedDB).
+    page.get_by_text("Kite e2e marker 4711").first.wait_for(timeout=30_000)
+    page.locator(".tool-out", has_text="kite-approved-42").first.wait_for(timeout=30_000)
     page.screenshot(path=str(SHOTS / "offline-1280x800.png"))
     assert outside == [], f"requests left 127.0.0.1: {outside}"
     assert origin in page.url
