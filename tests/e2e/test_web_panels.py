@@ -458,6 +458,13 @@ def test_two_hosts_paired_and_switched(browser: Any, web_dir: Path, tmp_path: Pa
         running.pop().stop()
         running.append(Drained(*beta_args))
         a.wait("offline", timeout_s=60)
+        # Offline, the cached session can still be read: from the list as last seen.
+        page.evaluate("document.getElementById('log').replaceChildren()")
+        dlg = a.panel("Sessions")
+        dlg.get_by_text("Offline: the list as last seen.").wait_for(timeout=WAIT_MS)
+        dlg.get_by_role("button", name="/read README.md", exact=True).click()
+        page.get_by_text("Kite e2e marker 1111").first.wait_for(timeout=WAIT_MS)
+        dlg.wait_for(state="hidden", timeout=WAIT_MS)
         dlg = a.panel("Settings")
         hosts = dlg.get_by_role("list", name="Paired hosts")
         hosts.get_by_role("listitem").first.wait_for(timeout=WAIT_MS)

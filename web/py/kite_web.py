@@ -618,9 +618,17 @@ class App:
         await self.list_sessions()
 
     async def op_session_open(self, msg: dict[str, Any]) -> None:
-        self._need_client()
+        sid = str(msg["id"])
+        if self.client is None or not self.connected.is_set():
+            # Offline: a session this device has cached can still be read (not continued).
+            data = await self._cache().preload(sid) if self.host is not None else None
+            if data is None:
+                raise RuntimeError("offline, and this session is not cached on this device")
+            self._post_history(Session.from_json(data))
+            post("notice", text="Offline: showing this device's copy (read-only until connected)")
+            return
         self._idle()
-        await self._open_session(str(msg["id"]))
+        await self._open_session(sid)
         await self.list_sessions()
 
     async def op_session_rename(self, msg: dict[str, Any]) -> None:
