@@ -12,11 +12,13 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from agent_core import __version__
 from agent_core.channel.crypto import CryptoError
@@ -60,6 +62,56 @@ _ERRNO_CODES = {
     errno.EDQUOT: ENOSPC,
 }
 _END = object()
+INBOX_HIGH = 32  # push mode: pause reading when this many messages wait (websockets' max_queue)
+INBOX_LOW = 8
+
+
+class PushServerConnection(ServerConnection):
+    """A websockets ServerConnection that can hand each binary message to a callback as it is
+    parsed (see `Connection._on_frame`); pass it to `serve(create_connection=...)`.
+
+    Until `start_push`, and for control frames always, it behaves exactly like its base class.
+    A text message is handed over as None (the session refuses it)."""
+
+    _push: Callable[[bytes | bytearray | None], None] | None = None
+    _fragments: list[bytes] | None = None
+
+    def start_push(self, on_message: Callable[[bytes | bytearray | None], None]) -> bool:
+        """Switch to push delivery; messages websockets already queued are delivered first, in
+        order. False (nothing changed) if its queue is in a state this cannot take over."""
+        assembler = getattr(self, "recv_messages", None)
+        frames = getattr(getattr(assembler, "frames", None), "queue", None)
+        if frames is None or assembler.get_in_progress or assembler.paused:
+            return False
+        queued = list(frames)
+        frames.clear()
+        self._push = on_message
+        for frame in queued:
+            self.process_event(frame)
+        return True
+
+    def process_event(self, event: Any) -> None:
+        push = self._push
+        if push is None or not isinstance(event, Frame):
+            super().process_event(event)
+            return
+        opcode = event.opcode
+        if opcode is Opcode.BINARY and self._fragments is None:
+            if event.fin:
+                push(event.data)
+            else:
+                self._fragments = [bytes(event.data)]
+        elif opcode is Opcode.CONT and self._fragments is not None:
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                data = b"".join(self._fragments)
+                self._fragments = None
+                push(data)
+        elif opcode in (Opcode.TEXT, Opcode.CONT):
+            self._push = None  # nothing more is handled: the session closes
+            push(None)
+        else:
+            super().process_event(event)  # ping, pong, close
 
 
 class _Request:
@@ -93,6 +145,9 @@ class Connection:
         self._last_rx = 0.0
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_close: asyncio.Task[None] | None = None
+        self._inbox: deque[bytes | bytearray | None] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -170,44 +225,147 @@ class Connection:
         # One timer for the idle limit, re-armed lazily, instead of a timeout context per frame.
         self._last_rx = loop.time()
         self._idle_handle = loop.call_later(self.bridge.config.idle_timeout_s, self._idle_check)
-        recv = self.ws.recv
-        decrypt = transport.decrypt_sync if transport.sync else None
-        feed = self._decoder.feed
         try:
+            pushable = transport.sync and isinstance(self.ws, PushServerConnection)
+            if pushable and self.ws.start_push(self._on_frame):  # type: ignore[attr-defined]
+                await self._serve_pushed()
+                return
+            recv = self.ws.recv
             while True:
                 try:
                     frame = await recv()
                 except ConnectionClosed:
                     return
                 self._last_rx = loop.time()
-                if isinstance(frame, str):
-                    await self.close(CLOSE_POLICY, "binary frames only")
+                if not await self._handle_frame(frame):
                     return
-                try:
-                    plain = decrypt(frame) if decrypt else await transport.decrypt(frame)
-                except (NoiseError, CryptoError):
-                    log.warning("closing %s: frame failed authentication", self._who())
-                    await self.close(CLOSE_POLICY, "integrity check failed")
-                    return
-                try:
-                    item = feed(plain)
-                except FrameError as exc:
-                    await self.close(CLOSE_POLICY, f"framing error: {exc}"[:120])
-                    return
-                except ValueError as exc:  # malformed JSON: answer, keep the session
-                    await self.send_envelope(
-                        _error(None, RpcError(EINVAL, f"malformed JSON: {exc}"))
-                    )
-                    continue
-                if item is None:
-                    continue
-                if isinstance(item, Chunk):
-                    await self._route_chunk(item)
-                else:
-                    await self._on_envelope(item)
         finally:
             if self._idle_handle is not None:
                 self._idle_handle.cancel()
+
+    async def _handle_frame(self, frame: bytes | bytearray | str | None) -> bool:
+        """Decrypt, decode and route one message; False once the connection is being closed."""
+        transport = self._transport
+        assert transport is not None
+        if frame is None or isinstance(frame, str):
+            await self.close(CLOSE_POLICY, "binary frames only")
+            return False
+        try:
+            if transport.sync:
+                plain = transport.decrypt_sync(frame)
+            else:
+                plain = await transport.decrypt(bytes(frame))
+        except (NoiseError, CryptoError):
+            log.warning("closing %s: frame failed authentication", self._who())
+            await self.close(CLOSE_POLICY, "integrity check failed")
+            return False
+        try:
+            item = self._decoder.feed(plain)
+        except FrameError as exc:
+            await self.close(CLOSE_POLICY, f"framing error: {exc}"[:120])
+            return False
+        except ValueError as exc:  # malformed JSON: answer, keep the session
+            await self.send_envelope(_error(None, RpcError(EINVAL, f"malformed JSON: {exc}")))
+            return True
+        if item is None:
+            return True
+        if isinstance(item, Chunk):
+            await self._route_chunk(item)
+        else:
+            await self._on_envelope(item)
+        return True
+
+    # Push mode: websockets hands each message to `_on_frame` from its `data_received`, and the
+    # message is handled right there when that completes without waiting (an inline op: the
+    # reply is written before the callback returns), which saves the wake-up of a reader task
+    # per request. When handling does wait (flow control, a slow write, a close), it continues
+    # in a task, and later messages queue behind it, in order, with reading paused while the
+    # queue is long: the same ordering and back-pressure as the pull loop.
+
+    async def _serve_pushed(self) -> None:
+        try:
+            await self.ws.wait_closed()
+        except asyncio.CancelledError:
+            if self._worker is not None:
+                self._worker.cancel()
+            raise
+        finally:
+            self.ws._push = None  # type: ignore[attr-defined]
+        worker = self._worker
+        if worker is not None and not worker.done():
+            # As in the pull loop, a handler still running ends before the session does; one
+            # waiting to queue an upload chunk is released by ending the requests first.
+            await self._abort_requests()
+            with contextlib.suppress(BaseException):
+                await worker
+
+    def _on_frame(self, frame: bytes | bytearray | None) -> None:
+        if self._closing:
+            return
+        self._last_rx = asyncio.get_running_loop().time()
+        if self._worker is not None:  # a message before this one is still being handled
+            self._inbox.append(frame)
+            if len(self._inbox) >= INBOX_HIGH and not self._paused:
+                self._paused = True
+                self.ws.transport.pause_reading()
+            return
+        coro = self._handle_frame(frame)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except ConnectionClosed:
+            return  # the peer is gone; `_serve_pushed` ends the session
+        except BaseException:
+            log.exception("closing %s: error while handling a message", self._who())
+            self._closing = True
+            self._worker = asyncio.get_running_loop().create_task(
+                self.ws.close(1011, "internal error")
+            )
+            return
+        self._worker = asyncio.get_running_loop().create_task(self._finish(coro, waiting))
+
+    async def _finish(self, coro: Any, waiting: Any) -> None:
+        """Carry on a message handler that waited, then the messages queued meanwhile."""
+        try:
+            while True:
+                # Wait for what the handler waits for; resuming it makes it read the outcome.
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)
+                    else:
+                        await asyncio.wait([waiting])
+                    resume = coro.send
+                    arg: Any = None
+                except asyncio.CancelledError as exc:
+                    resume, arg = coro.throw, exc  # the handler sees the cancellation
+                try:
+                    waiting = resume(arg)
+                except StopIteration as stop:
+                    more = stop.value
+                    break
+            while more and self._inbox and not self._closing:
+                frame = self._inbox.popleft()
+                if self._paused and len(self._inbox) <= INBOX_LOW:
+                    self._paused = False
+                    self.ws.transport.resume_reading()
+                more = await self._handle_frame(frame)
+        except asyncio.CancelledError:
+            raise
+        except ConnectionClosed:
+            pass  # the peer is gone; `_serve_pushed` ends the session
+        except Exception:
+            log.exception("closing %s: error while handling a message", self._who())
+            self._closing = True
+            await self.ws.close(1011, "internal error")
+        finally:
+            if self._closing:
+                self._inbox.clear()
+            if self._paused:
+                self._paused = False
+                with contextlib.suppress(Exception):
+                    self.ws.transport.resume_reading()
+            self._worker = None
 
     def _idle_check(self) -> None:
         """Close the connection once no frame has arrived for the idle limit."""

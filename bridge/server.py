@@ -28,7 +28,7 @@ from agent_core.pairing import make_link
 from agent_core.rpc.frames import MAX_PLAINTEXT
 from bridge import statedir
 from bridge.audit import AuditLog
-from bridge.connection import Connection
+from bridge.connection import Connection, PushServerConnection
 from bridge.devices import DEFAULT_PAIR_TTL_S, Registry
 from bridge.httpcheck import FailureLimiter, OriginPolicy
 from bridge.jail import Workspace
@@ -151,6 +151,7 @@ class Bridge:
             ping_timeout=self.config.ping_interval_s,
             open_timeout=self.config.handshake_timeout_s,
             close_timeout=2,
+            create_connection=PushServerConnection,  # handles requests as they arrive
             server_header=f"kite-bridge/{__version__}",
             ssl=ssl_ctx,
         )

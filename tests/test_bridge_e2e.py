@@ -443,3 +443,39 @@ def test_unread_chunks_do_not_stall_the_connection(bridge: BridgeProcess) -> Non
     client.next_id = 2
     reply = client.request("sys.ping", timeout=15)
     assert reply.result and reply.result["pong"] is True
+
+
+# -- the bridge handles messages in websockets' receive callback (push mode) ----------------
+
+
+def test_pipelined_requests_and_a_fragmented_message_are_answered_in_order(
+    bridge: BridgeProcess,
+) -> None:
+    client, _, _ = pair_independent(bridge)
+    (bridge.workspace / "p.txt").write_text("pipelined\n")
+    # Many requests written before any reply is read: some arrive while an earlier one is still
+    # being handled, queue behind it and are answered in order.
+    n = 200
+    for i in range(1, n + 1):
+        op = {"id": i, "op": "fs.read", "args": {"path": "p.txt"}} if i % 2 else None
+        op = op or {"id": i, "op": "sys.ping", "args": {}}
+        client.send_plain(json.dumps(op).encode())
+    got = [json.loads(client.recv_plain()) for _ in range(n)]
+    assert [g["id"] for g in got] == list(range(1, n + 1))
+    assert all(g["ok"] for g in got)
+    assert got[0]["result"]["content"] == "pipelined\n"
+    # One Noise message split over WebSocket continuation frames is still one message.
+    frame = client.noise.encrypt(b'{"id":999,"op":"sys.ping","args":{}}')
+    client.ws.send([frame[:7], frame[7:20], frame[20:]])
+    reply = json.loads(client.recv_plain())
+    assert reply["id"] == 999 and reply["ok"] is True
+
+
+def test_text_frame_after_the_handshake_closes(bridge: BridgeProcess) -> None:
+    client, _, _ = pair_independent(bridge)
+    client.send_plain(b'{"id":1,"op":"sys.ping","args":{}}')
+    assert json.loads(client.recv_plain())["ok"] is True
+    client.ws.send("hello")
+    with pytest.raises(ConnectionClosed) as exc:
+        client.ws.recv(timeout=5)
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == 1008
