@@ -111,14 +111,6 @@ def test_transport_target_catches_a_channel_that_accepts_replays(
 DEEP = b'{"id":1,"op":"sys.ping","args":{"a":' + b"[" * 5000 + b"]" * 5000 + b"}}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent_core/rpc/frames.py (being edited by the performance helper): parse_envelope "
-    "lets RecursionError out for JSON nested deeper than ~1000 levels (one 10 KB frame); the "
-    "decoder's contract is FrameError/ValueError, and the bridge closes the connection with 1011 "
-    "instead of answering EINVAL. Fix: catch RecursionError in parse_envelope and raise "
-    "FrameError/ValueError. Then drop this xfail and RecursionError from targets.KNOWN_BUGS.",
-)
 def test_deeply_nested_envelope_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_envelope(DEEP)

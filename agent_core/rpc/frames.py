@@ -82,7 +82,7 @@ def _make_dumps() -> Any:
     basestring = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or basestring is None:  # pragma: no cover - a runtime without _json
         encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-        return lambda obj: encoder.encode(obj).encode("utf-8")
+        return lambda obj: encoder.encode(obj).encode("utf-8", "backslashreplace")
 
     def _default(obj: Any) -> Any:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
@@ -92,9 +92,13 @@ def _make_dumps() -> Any:
     join = "".join
 
     def dumps(obj: Any) -> bytes:
+        # backslashreplace: a lone surrogate a client sent (and a reply echoes) becomes the
+        # JSON escape \udXXX instead of an exception that would end the session.
         if isinstance(obj, (dict, list)):
-            return join(encode(obj, 0)).encode("utf-8")
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            return join(encode(obj, 0)).encode("utf-8", "backslashreplace")
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8", "backslashreplace"
+        )
 
     return dumps
 
@@ -230,12 +234,16 @@ def parse_envelope(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     """
     text = str(data, "utf-8")
     try:
-        obj, end = _scan_once(text, 0)
-    except StopIteration:
-        obj, end = json.loads(text), -1
-    else:
-        if end != len(text):
-            obj = json.loads(text)  # trailing whitespace is fine, anything else raises
+        try:
+            obj, end = _scan_once(text, 0)
+        except StopIteration:
+            obj, end = json.loads(text), -1
+        else:
+            if end != len(text):
+                obj = json.loads(text)  # trailing whitespace is fine, anything else raises
+    except RecursionError:
+        # JSON nested ~1000 deep fits in one frame: bad input like any other, not a crash.
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise FrameError("envelope is not a JSON object")
     return obj

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -53,14 +52,8 @@ from agent_core.rpc.frames import (
 # Known, reported bugs the targets step over so fuzzing keeps looking for new ones. Each has a
 # strict-xfail regression test in tests/test_fuzz.py that fails loudly once the bug is fixed,
 # and the allowance must then be removed.
-# KITE_FUZZ_STRICT=1 drops the allowances (to watch the fuzzer find them again).
-KNOWN_BUGS: tuple[type[BaseException], ...] = (
-    ()
-    if os.environ.get("KITE_FUZZ_STRICT") == "1"
-    else (
-        RecursionError,  # deeply nested JSON: parse_envelope raises RecursionError, not ValueError
-    )
-)
+# None is open now (deeply nested JSON raises ValueError since it was fixed).
+KNOWN_BUGS: tuple[type[BaseException], ...] = ()
 
 SMALL_ENVELOPE_CAP = 16 * 1024
 
