@@ -152,6 +152,9 @@ function setTitle(title) {
 
 // A session's saved history, drawn the way the live events draw it.
 function drawHistory(msg) {
+  // A whole history is not news: keep screen readers from reading it all out.
+  log.setAttribute("aria-live", "off");
+  setTimeout(() => log.setAttribute("aria-live", "polite"), 0);
   log.replaceChildren();
   tools.clear();
   current = null;
