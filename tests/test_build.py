@@ -122,6 +122,8 @@ def test_boot_files_are_shipped(out: Path) -> None:
     boot = _one(out, "app/*/boot.js").read_text()
     worker = _one(out, "app/*/worker.js").read_text()
     assert 'from "./boot.js"' in worker and "listenForWasm()" in worker
+    snapshot = _one(out, "app/*/snapshot.js").read_text()
+    assert "makeSnapshot" in snapshot and "_loadSnapshot" in boot and "kitesnap-" in boot
     assert "integrity" in boot and "unpackArchive" in boot
     for call in ("micropip.install", "loadPackage(", "import micropip"):
         assert call not in boot + worker, call

@@ -48,6 +48,7 @@ window.bareMs = performance.now();
 """
 # Installed before any page script (CDP, so the app's CSP does not apply to it): the moment
 # `data-kite-state` first becomes "ready", in the page's own clock (0 = navigation start).
+SNAPSHOT_PROBE = """caches.keys().then((k) => k.some((n) => n.startsWith("kitesnap-")))"""
 READY_PROBE = """new MutationObserver(() => {
   const s = document.documentElement && document.documentElement.dataset.kiteState;
   if (s === "ready" && window.kiteReadyMs === undefined) window.kiteReadyMs = performance.now();
@@ -93,7 +94,12 @@ def measure(runs: int) -> dict[str, list[float]]:
     from playwright.sync_api import sync_playwright
 
     out: dict[str, list[float]] = {
-        k: [] for k in ("bare cold", "bare warm", "kite cold", "kite warm", "bare B", "kite B")
+        k: []
+        for k in (
+            *(f"{n} {p}" for n in ("bare", "kite") for p in ("cold", "warm", "snap")),
+            "bare B",
+            "kite B",
+        )
     }
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -128,13 +134,17 @@ def measure(runs: int) -> dict[str, list[float]]:
                             url, probe = base + "bare.html", "window.bareMs"
                         else:
                             url, probe = bridge.pair_url(), "window.kiteReadyMs"
-                        for phase in ("cold", "warm"):
+                        for phase in ("cold", "warm", "snap"):
                             if phase == "cold":
                                 page.goto(url)
+                            elif phase == "snap" and name == "kite":
+                                _wait(page, SNAPSHOT_PROBE, 120)  # made in the background
+                                page.reload()
                             else:
                                 page.reload()
                             ms = _wait(page, probe)
-                            out[f"{name} {phase}"].append(ms)
+                            both = (name, phase) == ("bare", "snap")  # bare: 2 warm reloads
+                            out["bare warm" if both else f"{name} {phase}"].append(ms)
                             extra = ""
                             if name == "kite":
                                 extra = f"  worker: {page.evaluate('window.kiteTimings')}"
@@ -152,15 +162,22 @@ def measure(runs: int) -> dict[str, list[float]]:
 def rows(m: dict[str, list[float]]) -> list[dict[str, Any]]:
     med = {k: statistics.median(v) for k, v in m.items() if v}
     out = []
-    for phase, target in (("cold", COLD_TARGET), ("warm", WARM_TARGET)):
-        kite, bare = med[f"kite {phase}"], med[f"bare {phase}"]
+    labels = {
+        "cold": "cold",
+        "warm": "warm, first reload",
+        "snap": "warm, returning (snapshot made)",
+    }
+    for phase, target in (("cold", COLD_TARGET), ("warm", WARM_TARGET), ("snap", WARM_TARGET)):
+        kite = med[f"kite {phase}"]
+        base_phase = "cold" if phase == "cold" else "warm"
+        bare = med[f"bare {base_phase}"]
         out.append(
             {
-                "name": f"web boot to ready, {phase}",
+                "name": f"web boot to ready, {labels[phase]}",
                 "value": round(kite),
                 "unit": "ms",
                 "baseline": round(bare),
-                "baseline_name": f"bare loadPyodide() page, {phase}",
+                "baseline_name": f"bare loadPyodide() page, {base_phase}",
                 "ratio": round(kite / bare, 3),
                 "target": target,
                 "note": f"medians of {len(m[f'kite {phase}'])}",

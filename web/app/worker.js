@@ -64,6 +64,23 @@ async function boot({ pyodide: pyodideDir, py: pyDir, link, wasm }) {
     timings: { ...t, runtime_ms: t.pyodide_ready, total_ms: t.agent_imported },
   });
   kite.start(link || null);
+  if (booted.snapshotMissing) setTimeout(() => startSnapshotWorker(pyodideDir, pyDir), SNAPSHOT_DELAY_MS);
+}
+
+// The snapshot is made in its own worker, a few seconds after boot so that it does not compete
+// with connecting; the next boot restores it (boot.js). Failing only costs the speed-up.
+const SNAPSHOT_DELAY_MS = 3000;
+function startSnapshotWorker(pyodideDir, pyDir) {
+  const w = new Worker(new URL("snapshot.js", import.meta.url), { type: "module" });
+  w.onmessage = (e) => {
+    if (!e.data.ok) console.warn("no Python snapshot:", e.data.error);
+    w.terminate();
+  };
+  w.onerror = (e) => {
+    console.warn("no Python snapshot:", e.message);
+    w.terminate();
+  };
+  w.postMessage({ pyodideDir, pyDir });
 }
 
 self.onmessage = async (e) => {
