@@ -5,14 +5,16 @@
 
 Both pages are served by one real `kite serve` from a copy of dist/web (same headers, same
 brotli copies, same vendored Pyodide), in one headless Chromium, each round in a fresh browser
-context (empty HTTP cache, no service worker) for "cold" and a reload of it for "warm":
+context (empty HTTP cache, no service worker) for "cold", then two reloads:
 
 - bare: a page whose module script only awaits `loadPyodide()` (main thread, the way Pyodide's
   docs do it) and notes `performance.now()` — navigation start to a usable interpreter;
 - Kite: the pairing URL, navigation start to `<html data-kite-state="ready">` — Pyodide in the
   worker, the agent wheel installed and imported, the device key, the Noise handshake with the
-  bridge and the first RPC (`sys.ping`) done. Warm is a reload of the paired app: the service
-  worker serves every file and the app connects with XX.
+  bridge and the first RPC (`sys.ping`) done. "warm, first reload": right after the first
+  visit — the service worker serves every file, the app connects with XX, no Python snapshot
+  yet; "warm, returning": once the app's background worker has saved its Python memory
+  snapshot (boot.js), which every later visit restores. Bare's two reloads are both its "warm".
 
 First-visit bytes: the `Content-Length` of every response the page and its worker received on
 the cold visit (the bridge always sends it; precompressed bodies count compressed) plus their
