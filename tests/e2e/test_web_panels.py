@@ -169,6 +169,11 @@ def _until(check: Any, what: str, timeout_s: float = 60) -> None:
         time.sleep(0.1)
 
 
+def _until_js(page: Any, expr: str, timeout_s: float = 60) -> None:
+    """Poll a page expression from Python (`wait_for_function` evals, which the CSP forbids)."""
+    _until(lambda: page.evaluate(expr), f"never true: {expr}", timeout_s)
+
+
 def _rows(dlg: Any, list_name: str) -> Any:
     return dlg.get_by_role("list", name=list_name).get_by_role("listitem")
 
@@ -268,7 +273,7 @@ def test_settings_bridge_model_edits_asks_and_streams(
     app.wait("ready")
     dlg = app.panel("Settings")
     dlg.get_by_role("textbox", name="Model").wait_for(timeout=WAIT_MS)
-    page.wait_for_function("document.getElementById('model').value !== ''", timeout=WAIT_MS)
+    _until_js(page, "document.getElementById('model').value !== ''")
     assert dlg.get_by_role("textbox", name="Model").input_value() == "openai/gpt-test"
     assert dlg.get_by_role("radio", name="Through the bridge").is_checked()
     app.close_panel()
@@ -342,7 +347,7 @@ def test_settings_bridge_model_edits_asks_and_streams(
 def test_settings_permissions(app: App) -> None:
     page = app.page
     dlg = app.panel("Settings")
-    page.wait_for_function("document.querySelectorAll('#perm-rows select').length > 0")
+    _until_js(page, "document.querySelectorAll('#perm-rows select').length > 0")
     dlg.get_by_role("combobox", name="bash").select_option("allow")
     dlg.get_by_role("combobox", name="read").select_option("deny")
     dlg.get_by_role("button", name="Save settings").click()
@@ -362,7 +367,7 @@ def test_settings_permissions(app: App) -> None:
     page.reload()
     app.wait("ready")
     dlg = app.panel("Settings")
-    page.wait_for_function("document.querySelectorAll('#perm-rows select').length > 0")
+    _until_js(page, "document.querySelectorAll('#perm-rows select').length > 0")
     assert dlg.get_by_role("combobox", name="bash").input_value() == "allow"
     dlg.get_by_role("combobox", name="bash").select_option("default")
     dlg.get_by_role("combobox", name="read").select_option("default")
@@ -559,6 +564,12 @@ def test_revoked_device_is_refused_and_told(browser: Any, bridge: Drained) -> No
         while phone.page.evaluate("document.documentElement.dataset.kiteState") != "error":
             assert time.monotonic() < deadline, "a revoked device must end in error after reload"
             time.sleep(0.2)
+        # What the message says to do works: pairing again with a new link.
+        dlg = phone.panel("Settings")
+        dlg.get_by_role("textbox", name="Add a host").fill(bridge.pair_url())
+        dlg.get_by_role("button", name="Pair").click()
+        _until_js(phone.page, "document.documentElement.dataset.kiteState === 'ready'")
+        phone.close_panel()
         assert phone.outside == []
     finally:
         phone.context.close()
@@ -595,7 +606,7 @@ def test_other_origin_cannot_use_the_bridge(browser: Any, bridge: Drained) -> No
         ctx = browser.new_context()
         page = ctx.new_page()
         page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-        page.wait_for_function("window.result.closed !== null", timeout=WAIT_MS)
+        _until_js(page, "window.result.closed !== null")
         result = page.evaluate("window.result")
         assert result["opened"] is False and result["messages"] == 0, result
         assert result["closed"] == 1006, result  # the upgrade was refused
