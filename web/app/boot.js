@@ -1,14 +1,16 @@
 // Boot path of the Python runtime, shared by the page (main.js) and the worker (worker.js).
 //
-// Measured on Chromium 156 (docs/architecture.md, "Boot"): Pyodide's wasm compiled by
+// Measured on Chromium 156 (docs/architecture.md, "Web runtime"; docs/web.md): Pyodide's wasm compiled by
 // `instantiateStreaming` inside a dedicated worker boots ~1.5-2 s slower than the same call on
 // the page, while a `WebAssembly.Module` compiled on the page and posted to the worker (modules
 // are structured-cloneable; no copy of the code) runs as fast as the bare page. So the page
 // compiles the wasm (`compileWasm`, which also gets Chromium's compiled-code cache on later
 // visits) while the worker imports Pyodide's JavaScript, and the worker instantiates that module.
 // Everything else the agent needs (lock file, wheel) is fetched at the start, in parallel with
-// Pyodide's own downloads, and the wheel is unpacked directly (no micropip, no loadPackage
-// round-trip) after its sha256 from the lock file has been checked (fetch `integrity`).
+// Pyodide's own downloads, and the wheel is copied into site-packages from JS (no micropip, no
+// loadPackage round-trip) after its sha256 from the lock file has been checked (fetch
+// `integrity`). From the second visit on, a memory snapshot of the interpreter with the agent's
+// modules imported replaces CPython's start-up and those imports (see SNAPSHOT_MODULES).
 
 const abs = (path) => new URL(path, self.location.origin + "/").href;
 
