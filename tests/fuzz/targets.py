@@ -49,10 +49,10 @@ from agent_core.rpc.frames import (
     parse_envelope,
 )
 
-# Known, reported bugs the targets step over so fuzzing keeps looking for new ones. Each has a
-# strict-xfail regression test in tests/test_fuzz.py that fails loudly once the bug is fixed,
-# and the allowance must then be removed.
-# None is open now (deeply nested JSON raises ValueError since it was fixed).
+# Known, reported bugs the targets step over so fuzzing keeps looking for new ones. Each must have
+# a strict-xfail regression test in tests/test_fuzz.py that fails loudly once the bug is fixed,
+# and the allowance must then be removed. None is open (deeply nested JSON, once RecursionError,
+# is a ValueError since agent_core/rpc/frames.py was fixed).
 KNOWN_BUGS: tuple[type[BaseException], ...] = ()
 
 SMALL_ENVELOPE_CAP = 16 * 1024
