@@ -380,6 +380,46 @@ def test_settings_permissions(app: App) -> None:
     app.idle()
 
 
+def test_settings_direct_route_key_stays_on_device(app: App, model: ScriptedModelServer) -> None:
+    """The direct route's key is kept in this device's IndexedDB and never sent to the page."""
+    page = app.page
+    key = "sk-device-held-key-5150"
+    dlg = app.panel("Settings")
+    _until_js(page, "document.querySelectorAll('#perm-rows select').length > 0")
+    dlg.get_by_role("radio", name="Direct from this device").check()
+    dlg.get_by_role("textbox", name="Model").fill("anthropic/claude-test")
+    dlg.get_by_label("API key", exact=True).fill(key)
+    dlg.get_by_label("Base URL (optional)", exact=True).fill(model.base_url)
+    dlg.get_by_role("button", name="Save settings").click()
+    dlg.get_by_text("Settings saved on this device.").wait_for(timeout=WAIT_MS)
+    assert dlg.get_by_label("API key", exact=True).input_value() == ""  # not echoed back
+    dlg.get_by_text("A key is stored on this device.").wait_for(timeout=WAIT_MS)
+    app.close_panel()
+    page.reload()
+    app.wait("ready")
+    dlg = app.panel("Settings")
+    dlg.get_by_text("A key is stored on this device.").wait_for(timeout=WAIT_MS)
+    assert dlg.get_by_role("radio", name="Direct from this device").is_checked()
+    assert dlg.get_by_label("Base URL (optional)", exact=True).input_value() == model.base_url
+    assert key not in page.content()
+    read_settings = """() => new Promise((ok) => {
+      const r = indexedDB.open("kite");
+      r.onsuccess = () => {
+        const q = r.result.transaction("kv").objectStore("kv").get("settings");
+        q.onsuccess = () => ok(q.result);
+      };
+    })"""
+    assert json.loads(page.evaluate(read_settings))["api_key"] == key
+    # The key can be forgotten; then back to the local route.
+    dlg.get_by_role("button", name="Forget the stored key").click()
+    dlg.get_by_text("No key stored.").wait_for(timeout=WAIT_MS)
+    assert json.loads(page.evaluate(read_settings))["api_key"] == ""
+    dlg.get_by_role("radio", name="Local commands only").check()
+    dlg.get_by_role("button", name="Save settings").click()
+    dlg.get_by_text("Settings saved on this device.").wait_for(timeout=WAIT_MS)
+    app.close_panel()
+
+
 # -- files -----------------------------------------------------------------------------------------
 
 

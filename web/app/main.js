@@ -333,6 +333,7 @@ function drawSettings(msg) {
   $("base-url").value = msg.base_url || "";
   $("api-key").value = "";
   $("key-state").textContent = msg.key_set ? "A key is stored on this device. Leave empty to keep it." : "No key stored.";
+  $("forget-key").hidden = !msg.key_set;
   const rows = $("perm-rows");
   rows.replaceChildren();
   for (const tool of msg.tools) {
@@ -354,9 +355,8 @@ function syncRoute() {
 $("settings-form").addEventListener("change", (e) => {
   if (e.target.name === "route") syncRoute();
 });
-$("settings-form").addEventListener("submit", (e) => {
-  e.preventDefault();
-  const form = e.target;
+function saveSettings(extra = {}) {
+  const form = $("settings-form");
   const permissions = {};
   for (const s of $("perm-rows").querySelectorAll("select")) permissions[s.name] = s.value;
   $("settings-saved").textContent = "";
@@ -366,8 +366,14 @@ $("settings-form").addEventListener("submit", (e) => {
     api_key: $("api-key").value,
     base_url: $("base-url").value,
     permissions,
+    ...extra,
   });
+}
+$("settings-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  saveSettings();
 });
+$("forget-key").addEventListener("click", () => saveSettings({ clear_key: true, api_key: "" }));
 
 function drawHosts(msg) {
   const list = $("host-list");
