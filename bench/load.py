@@ -21,7 +21,7 @@ Between rounds every device disconnects; the bridge's RSS, open file descriptors
 processes are read from /proc. Rounds after the first must not grow RSS beyond `RSS_SLACK_KIB`
 and must return to the same descriptors and children (no leak per connection or command).
 
-    python -m bench.load                 200 devices x 40 ops x 3 rounds, prints the table
+    python -m bench.load                 200 devices x 36 ops x 3 rounds, prints the table
     python -m bench.load --quick         the size the test uses (tests/test_load.py)
     python -m bench.load --devices 50 --ops 20 --rounds 2
 """
