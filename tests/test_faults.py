@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -510,47 +510,105 @@ def _reply(client: IndependentClient, rid: int) -> dict[str, Any]:
             return msg
 
 
-def test_full_disk_is_a_clear_enospc_and_no_torn_file(tmp_path: Path) -> None:
+class _UsernsBridge(BridgeProcess):
+    """The bridge in its own user and mount namespaces (`unshare -Urm`), where it may mount a
+    tmpfs on its workspace without root. The test sees that tmpfs via /proc/<pid>/root."""
+
+    def __init__(self, workspace: Path, state_dir: Path, size: str) -> None:
+        self.workspace = workspace
+        self.state_dir = state_dir
+        script = f'mount -t tmpfs -o size={size} tmpfs "$1" && shift && exec "$@"'
+        self.proc = subprocess.Popen(
+            ["unshare", "-Urm", "sh", "-c", script, "sh", str(workspace),
+             sys.executable, "-m", "bridge", "serve", "--json", "--no-pair", "--port", "0",
+             "--workspace", str(workspace), "--state-dir", str(state_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"bridge did not start: {self.proc.stderr.read()}")
+        self.info = json.loads(line)
+        self.url = self.info["url"]
+        self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        self.ws_url = f"ws://127.0.0.1:{self.port}/kite/v1"
+
+
+def _userns_ok() -> str | None:
+    try:
+        res = subprocess.run(
+            ["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt || exit 3"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare: {exc}"
+    if res.returncode != 0:
+        return f"no unprivileged user+mount namespaces here: {res.stderr.strip() or res.returncode}"
+    return None
+
+
+@contextlib.contextmanager
+def _bridge_on_a_full_disk(tmp_path: Path, how: str) -> Iterator[tuple[BridgeProcess, Path]]:
+    """A bridge whose workspace is a 1 MiB tmpfs; yields it and where the test sees that tmpfs."""
     ws = tmp_path / "ws"
     ws.mkdir()
-    why = _mount_tmpfs(ws, "1m")
-    if why is not None:
-        pytest.skip(f"a full disk needs a small real file system: {why}")
-    try:
-        old = "precious\n" * 1000  # 9 KB
-        (ws / "keep.txt").write_text(old)
-        bridge = BridgeProcess(ws, tmp_path / "state")  # state (snapshots) on the big disk
+    state = tmp_path / "state"  # the state dir (snapshots) stays on the big disk
+    if how == "mount":
+        why = _mount_tmpfs(ws, "1m")
+        if why is not None:
+            pytest.skip(f"a full disk needs a small real file system: {why}")
         try:
-            client, _, _ = pair_independent(bridge)
-            big = "y" * (2 * 1024 * 1024)
-            for rid, path in ((800, "keep.txt"), (801, "new.txt")):
-                env = {"id": rid, "op": "fs.write", "args": {"path": path, "content": big}}
-                for frame in encode_envelope(env):  # envelope chunks: 2 MB is many frames
-                    client.send_plain(frame)
-                r = _reply(client, rid)
-                assert r["ok"] is False and r["error"]["code"] == ENOSPC, r
-                assert "space" in r["error"]["message"].lower(), r
-            # Binary upload through data chunks hits the same wall.
-            client.send_plain(
-                json.dumps(
-                    {"id": 900, "op": "fs.write", "args": {"path": "b.bin", "binary": True}}
-                ).encode()
-            )
-            for frame in chunk_payload(900, os.urandom(2 * 1024 * 1024)):
-                client.send_plain(frame)
-            msg = _reply(client, 900)
-            assert msg["ok"] is False and msg["error"]["code"] == ENOSPC, msg
-            # Nothing torn, nothing left behind: the old file whole, no temp files, no new file.
-            assert (ws / "keep.txt").read_text() == old
-            assert sorted(p.name for p in ws.iterdir()) == ["keep.txt"]
-            # The space is free again: an ordinary write goes through.
-            ok = client.request("fs.write", {"path": "keep.txt", "content": old + "more\n"})
-            assert (
-                ok.result
-                and ok.result["sha256"] == hashlib.sha256((old + "more\n").encode()).hexdigest()
-            )
-            client.close()
+            bridge = BridgeProcess(ws, state)
+            try:
+                yield bridge, ws
+            finally:
+                bridge.stop()
+        finally:
+            subprocess.run(["umount", "-l", str(ws)], capture_output=True, timeout=10)
+    else:
+        why = _userns_ok()
+        if why is not None:
+            pytest.skip(f"a full disk without root needs a user namespace: {why}")
+        bridge = _UsernsBridge(ws, state, "1m")
+        try:
+            yield bridge, Path(f"/proc/{bridge.proc.pid}/root") / str(ws).lstrip("/")
         finally:
             bridge.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(ws)], capture_output=True, timeout=10)
+
+
+@pytest.mark.parametrize("how", ["mount", "userns"])
+def test_full_disk_is_a_clear_enospc_and_no_torn_file(tmp_path: Path, how: str) -> None:
+    """A 1 MiB tmpfs as the workspace: mounted directly (root), or by the bridge inside its own
+    user and mount namespaces (any user, where the kernel allows them)."""
+    with _bridge_on_a_full_disk(tmp_path, how) as (bridge, ws):
+        old = "precious\n" * 1000  # 9 KB
+        (ws / "keep.txt").write_text(old)
+        client, _, _ = pair_independent(bridge)
+        big = "y" * (2 * 1024 * 1024)
+        for rid, path in ((800, "keep.txt"), (801, "new.txt")):
+            env = {"id": rid, "op": "fs.write", "args": {"path": path, "content": big}}
+            for frame in encode_envelope(env):  # envelope chunks: 2 MB is many frames
+                client.send_plain(frame)
+            r = _reply(client, rid)
+            assert r["ok"] is False and r["error"]["code"] == ENOSPC, r
+            assert "space" in r["error"]["message"].lower(), r
+        # Binary upload through data chunks hits the same wall.
+        client.send_plain(
+            json.dumps(
+                {"id": 900, "op": "fs.write", "args": {"path": "b.bin", "binary": True}}
+            ).encode()
+        )
+        for frame in chunk_payload(900, os.urandom(2 * 1024 * 1024)):
+            client.send_plain(frame)
+        msg = _reply(client, 900)
+        assert msg["ok"] is False and msg["error"]["code"] == ENOSPC, msg
+        # Nothing torn, nothing left behind: the old file whole, no temp files, no new file.
+        assert (ws / "keep.txt").read_text() == old
+        assert sorted(p.name for p in ws.iterdir()) == ["keep.txt"]
+        # The space is free again: an ordinary write goes through.
+        ok = client.request("fs.write", {"path": "keep.txt", "content": old + "more\n"})
+        want = hashlib.sha256((old + "more\n").encode()).hexdigest()
+        assert ok.result and ok.result["sha256"] == want
+        assert (ws / "keep.txt").read_text() == old + "more\n"
+        client.close()
