@@ -142,6 +142,34 @@ async function saveSnapshot(name, memory) {
 }
 
 /**
+ * Pyodide calls instantiateStreaming(fetch(wasm)) itself: answer the next such call with
+ * `modulePromise` (a module compiled elsewhere; null: compile here after all), and keep that
+ * fetch from downloading the 9.6 MB file a second time.
+ */
+function answerWasmWith(modulePromise, pyodideDir, onModule = () => {}) {
+  const realFetch = self.fetch;
+  const doFetch = realFetch.bind(self);
+  const realInstantiate = WebAssembly.instantiateStreaming;
+  const wasmUrl = abs(pyodideDir + "pyodide.asm.wasm");
+  self.fetch = (input, init) => {
+    if (String(input && input.url ? input.url : input) !== wasmUrl) return doFetch(input, init);
+    self.fetch = realFetch;
+    return Promise.resolve(new Response(new Uint8Array(0), { headers: { "Content-Type": "application/wasm" } }));
+  };
+  WebAssembly.instantiateStreaming = async (_response, imports) => {
+    const module = await modulePromise;
+    onModule();
+    WebAssembly.instantiateStreaming = realInstantiate;
+    self.fetch = realFetch;
+    if (!module) return realInstantiate.call(WebAssembly, doFetch(wasmUrl), imports);
+    return { module, instance: await WebAssembly.instantiate(module, imports) };
+  };
+}
+
+/** The page's compiled module, once it has arrived (null if the page could not compile it). */
+export const pageWasm = () => wasmFromPage;
+
+/**
  * Worker side: Pyodide up, the agent wheel installed. `wasm: "page"` means the page is compiling
  * the wasm module and will post it. Returns `{pyodide, timings}` (ms since `t0`).
  */
@@ -157,27 +185,7 @@ export async function bootRuntime({ pyodideDir, pyDir, wasm, progress }) {
 
   const { loadPyodide } = await import(abs(pyodideDir + "pyodide.mjs"));
   mark("pyodide_js");
-  if (wasm === "page") {
-    // Pyodide calls instantiateStreaming(fetch(wasm)) itself: answer with the page's module and
-    // keep that fetch from downloading the 9.6 MB file a second time.
-    const realFetch = self.fetch;
-    const doFetch = realFetch.bind(self);
-    const realInstantiate = WebAssembly.instantiateStreaming;
-    const wasmUrl = abs(pyodideDir + "pyodide.asm.wasm");
-    self.fetch = (input, init) => {
-      if (String(input && input.url ? input.url : input) !== wasmUrl) return doFetch(input, init);
-      self.fetch = realFetch;
-      return Promise.resolve(new Response(new Uint8Array(0), { headers: { "Content-Type": "application/wasm" } }));
-    };
-    WebAssembly.instantiateStreaming = async (_response, imports) => {
-      const module = await wasmFromPage;
-      mark("wasm_module");
-      WebAssembly.instantiateStreaming = realInstantiate;
-      self.fetch = realFetch;
-      if (!module) return realInstantiate.call(WebAssembly, doFetch(wasmUrl), imports);
-      return { module, instance: await WebAssembly.instantiate(module, imports) };
-    };
-  }
+  if (wasm === "page") answerWasmWith(wasmFromPage, pyodideDir, () => mark("wasm_module"));
   const lockContents = wheel.then((w) => w.lock); // a failed fetch fails loadPyodide, loudly
   const options = {
     indexURL: abs(pyodideDir),
@@ -229,10 +237,11 @@ function installWheel(pyodide, bytes) {
  * of some globals breaks, so the app's own interpreter must not run in it) imports the agent's
  * modules, and its memory is saved for the next boots.
  */
-export async function makeSnapshot({ pyodideDir, pyDir }) {
+export async function makeSnapshot({ pyodideDir, pyDir, module }) {
   const name = snapshotName(pyodideDir, pyDir);
   const { lock, bytes } = await fetchWheel(pyDir);
   const { loadPyodide } = await import(abs(pyodideDir + "pyodide.mjs"));
+  if (module) answerWasmWith(Promise.resolve(module), pyodideDir); // the page's: no recompile
   const pyodide = await loadPyodide({
     indexURL: abs(pyodideDir),
     lockFileContents: lock,

@@ -3,7 +3,7 @@
 // copy (never a CDN) through boot.js (wheel sha256-checked against the lock file), and hands
 // over to kite_web.py. Progress and state go back as {type:"progress"|"state"|...} messages.
 
-import { bootRuntime, listenForWasm } from "./boot.js";
+import { bootRuntime, listenForWasm, pageWasm } from "./boot.js";
 
 listenForWasm(); // before self.onmessage: the page's compiled wasm never reaches the dispatcher
 
@@ -64,13 +64,16 @@ async function boot({ pyodide: pyodideDir, py: pyDir, link, wasm }) {
     timings: { ...t, runtime_ms: t.pyodide_ready, total_ms: t.agent_imported },
   });
   kite.start(link || null);
-  if (booted.snapshotMissing) setTimeout(() => startSnapshotWorker(pyodideDir, pyDir), SNAPSHOT_DELAY_MS);
+  if (booted.snapshotMissing) {
+    const module = wasm === "page" ? pageWasm().catch(() => null) : Promise.resolve(null);
+    setTimeout(() => startSnapshotWorker(pyodideDir, pyDir, module), SNAPSHOT_DELAY_MS);
+  }
 }
 
 // The snapshot is made in its own worker, a few seconds after boot so that it does not compete
 // with connecting; the next boot restores it (boot.js). Failing only costs the speed-up.
 const SNAPSHOT_DELAY_MS = 3000;
-function startSnapshotWorker(pyodideDir, pyDir) {
+function startSnapshotWorker(pyodideDir, pyDir, modulePromise) {
   const w = new Worker(new URL("snapshot.js", import.meta.url), { type: "module" });
   w.onmessage = (e) => {
     if (!e.data.ok) console.warn("no Python snapshot:", e.data.error);
@@ -80,7 +83,8 @@ function startSnapshotWorker(pyodideDir, pyDir) {
     console.warn("no Python snapshot:", e.message);
     w.terminate();
   };
-  w.postMessage({ pyodideDir, pyDir });
+  // the page's compiled module, when there is one: the snapshot worker need not compile again
+  modulePromise.then((module) => w.postMessage({ pyodideDir, pyDir, module: module || null }));
 }
 
 self.onmessage = async (e) => {
