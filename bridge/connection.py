@@ -62,6 +62,7 @@ _ERRNO_CODES = {
     errno.EDQUOT: ENOSPC,
 }
 _END = object()
+WRITE_BUFFER_HIGH = 1 << 20
 INBOX_HIGH = 32  # push mode: pause reading when this many messages wait (websockets' max_queue)
 INBOX_LOW = 8
 
@@ -211,6 +212,10 @@ class Connection:
             await self.ws.close(CLOSE_POLICY, "")
             return
         self.device = device
+        # A deeper write buffer than websockets' 32 KiB: a bulk read then waits for the socket
+        # (one wake-up) per MiB rather than per 64 KiB message.
+        with contextlib.suppress(AttributeError, NotImplementedError):
+            self.ws.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         self.bridge.live_connections.add(self)
         try:
             await self._serve()
