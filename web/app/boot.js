@@ -42,15 +42,25 @@ function b64(hex) {
   return btoa(String.fromCharCode(...bytes));
 }
 
-/** Fetch the lock file, then the agent wheel with its sha256 enforced by the browser (SRI). */
-async function fetchWheel(pyDir) {
-  const lockUrl = abs(pyDir + "pyodide-lock.json");
-  const lock = await (await fetch(lockUrl)).json();
-  const entry = lock.packages["kite-agent-core"];
-  if (!entry || !/^[0-9a-f]{64}$/.test(entry.sha256 || "")) throw new Error("the lock file has no valid kite-agent-core entry");
-  const res = await fetch(abs(pyDir + entry.file_name), { integrity: "sha256-" + b64(entry.sha256) });
-  if (!res.ok) throw new Error(`the agent wheel: HTTP ${res.status}`);
-  return { lock, bytes: new Uint8Array(await res.arrayBuffer()) };
+/**
+ * Fetch the lock file, then the agent wheel with its sha256 enforced by the browser (SRI).
+ * Returns both promises: Pyodide needs only the lock, and should not wait for the wheel.
+ */
+function fetchWheel(pyDir) {
+  const lock = fetch(abs(pyDir + "pyodide-lock.json")).then((r) => {
+    if (!r.ok) throw new Error(`the lock file: HTTP ${r.status}`);
+    return r.json();
+  });
+  const bytes = lock.then(async (lock) => {
+    const entry = lock.packages["kite-agent-core"];
+    if (!entry || !/^[0-9a-f]{64}$/.test(entry.sha256 || "")) throw new Error("the lock file has no valid kite-agent-core entry");
+    const res = await fetch(abs(pyDir + entry.file_name), { integrity: "sha256-" + b64(entry.sha256) });
+    if (!res.ok) throw new Error(`the agent wheel: HTTP ${res.status}`);
+    return new Uint8Array(await res.arrayBuffer());
+  });
+  lock.catch(() => {});
+  bytes.catch(() => {}); // both are awaited (and reported) later
+  return { lock, bytes };
 }
 
 /**
@@ -178,15 +188,14 @@ export async function bootRuntime({ pyodideDir, pyDir, wasm, progress }) {
   const timings = {};
   const mark = (name) => (timings[name] = Math.round(performance.now() - t0));
   const wheel = fetchWheel(pyDir);
-  wheel.then(() => mark("wheel_fetched"), () => {});
-  wheel.catch(() => {}); // reported when awaited below
+  wheel.bytes.then(() => mark("wheel_fetched"), () => {});
   const snapName = snapshotName(pyodideDir, pyDir);
   const snapshotRead = readSnapshot(snapName); // in parallel too
 
   const { loadPyodide } = await import(abs(pyodideDir + "pyodide.mjs"));
   mark("pyodide_js");
   if (wasm === "page") answerWasmWith(wasmFromPage, pyodideDir, () => mark("wasm_module"));
-  const lockContents = wheel.then((w) => w.lock); // a failed fetch fails loadPyodide, loudly
+  const lockContents = wheel.lock; // a failed fetch fails loadPyodide, loudly
   const options = {
     indexURL: abs(pyodideDir),
     lockFileContents: lockContents,
@@ -211,7 +220,7 @@ export async function bootRuntime({ pyodideDir, pyDir, wasm, progress }) {
   }
   mark("pyodide_ready");
   progress(0.8, "Loading the agent");
-  const { bytes } = await wheel;
+  const bytes = await wheel.bytes;
   // Always: a snapshot holds imported modules, not the files later imports read.
   installWheel(pyodide, bytes);
   mark("wheel_installed");
@@ -239,7 +248,8 @@ function installWheel(pyodide, bytes) {
  */
 export async function makeSnapshot({ pyodideDir, pyDir, module }) {
   const name = snapshotName(pyodideDir, pyDir);
-  const { lock, bytes } = await fetchWheel(pyDir);
+  const wheel = fetchWheel(pyDir);
+  const [lock, bytes] = [await wheel.lock, await wheel.bytes];
   const { loadPyodide } = await import(abs(pyodideDir + "pyodide.mjs"));
   if (module) answerWasmWith(Promise.resolve(module), pyodideDir); // the page's: no recompile
   const pyodide = await loadPyodide({
