@@ -88,6 +88,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CliError(f"workspace {workspace} is not a directory")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
+    from bridge.webapp import check_origin
+
+    try:
+        connect_src = [check_origin(o) for o in args.connect_src or []]
+    except ValueError as exc:
+        raise CliError(f"--connect-src: {exc}") from exc
     config = BridgeConfig(
         workspace=workspace.resolve(),
         state_dir=_state_dir(args),
@@ -95,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         allowed_hosts=args.allow_host or [],
         allowed_origins=args.allow_origin or [],
+        connect_src=connect_src,
         web_dir=Path(args.web_dir).resolve() if args.web_dir else _default_web_dir(),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
@@ -304,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ORIGIN",
         help="extra browser Origin to accept, e.g. https://kite.example.com (repeatable)",
+    )
+    serve.add_argument(
+        "--connect-src",
+        action="append",
+        metavar="ORIGIN",
+        help="another origin the web app may connect to, added to its Content-Security-Policy: "
+        "a second Kite host (wss://other:8765), a provider for the direct model route "
+        "(https://api.openai.com), a device plugin's allowed host (repeatable; default: only "
+        "this bridge)",
     )
     serve.add_argument(
         "--web-dir", metavar="DIR", help="built web app to serve (default: dist/web when built)"

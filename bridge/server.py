@@ -58,6 +58,7 @@ class BridgeConfig:
     port: int = 8765
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    connect_src: list[str] = field(default_factory=list)  # extra origins the web app may reach
     web_dir: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -220,7 +221,11 @@ class Bridge:
             if upgrade:
                 return text_response(404, f"the WebSocket endpoint is {ENDPOINT}\n")
             return serve_static(
-                self.config.web_dir, request.path, self.workspace.root.name, headers
+                self.config.web_dir,
+                request.path,
+                self.workspace.root.name,
+                headers,
+                tuple(self.config.connect_src),
             )
         if not upgrade:
             return text_response(400, "this endpoint speaks WebSocket only\n")

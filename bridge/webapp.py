@@ -55,11 +55,34 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 ENCODINGS = ((".br", "br"), (".gz", "gzip"))
 
 
-def app_csp(host: str | None) -> str:
-    """The web app's Content-Security-Policy; `host` is the request's (already vetted) Host."""
+ORIGIN = re.compile(
+    r"(https?|wss?)://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|(https?|wss?)://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
+"""An origin the host owner may add to connect-src: scheme, host, optional port; nothing else."""
+
+
+def check_origin(value: str) -> str:
+    """`value` as a CSP source if it is a bare origin; ValueError (with the reason) otherwise."""
+    origin = value.strip().rstrip("/")
+    if not ORIGIN.fullmatch(origin):
+        raise ValueError(
+            f"{value!r} is not an origin like https://api.example.com or wss://host:8765 "
+            "(scheme http, https, ws or wss; a host; an optional port; no path)"
+        )
+    return origin
+
+
+def app_csp(host: str | None, connect_src: tuple[str, ...] = ()) -> str:
+    """The web app's Content-Security-Policy; `host` is the request's (already vetted) Host.
+
+    `connect_src`: origins the host owner lets the app reach besides this bridge (another
+    paired Kite host, a provider for the direct model route, a device plugin's allowed host).
+    """
     connect = "'self'"
     if host and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
         connect += f" ws://{host} wss://{host}"
+    for origin in connect_src:
+        connect += " " + check_origin(origin)
     return (
         "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
         f"style-src 'self'; img-src 'self' data:; connect-src {connect}; manifest-src 'self'; "
@@ -122,7 +145,11 @@ with <code>kite run</code> / <code>kite chat</code> from a terminal.</p>
 
 
 def serve_static(
-    web_dir: Path | None, path: str, workspace_name: str, headers: Headers | None = None
+    web_dir: Path | None,
+    path: str,
+    workspace_name: str,
+    headers: Headers | None = None,
+    connect_src: tuple[str, ...] = (),
 ) -> Response:
     """GET a file of the built web app; never anything outside `web_dir`.
 
@@ -147,7 +174,7 @@ def serve_static(
     )
     extra = {
         "Cache-Control": IMMUTABLE if HASHED.match(rel) else "no-cache",
-        "Content-Security-Policy": app_csp(headers.get("Host") if headers else None),
+        "Content-Security-Policy": app_csp(headers.get("Host") if headers else None, connect_src),
         "Vary": "Accept-Encoding",
     }
     if rel == "sw.js":

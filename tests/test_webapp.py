@@ -69,3 +69,54 @@ def test_csp_is_strict(web: Path) -> None:
 def test_jail(web: Path) -> None:
     for path in ("/../etc/passwd", "/pyodide/../../x", "/nope.js", "/%2e%2e/x"):
         assert _get(web, path).status_code == 404
+
+
+def test_connect_src_adds_only_bare_origins(web: Path) -> None:
+    h = Headers()
+    h["Host"] = "127.0.0.1:8765"
+    extra = ("https://api.openai.com", "wss://other.lan:8765", "http://[::1]:9000")
+    csp = serve_static(web, "/", "ws", h, extra).headers["Content-Security-Policy"]
+    assert (
+        "connect-src 'self' ws://127.0.0.1:8765 wss://127.0.0.1:8765 https://api.openai.com "
+        "wss://other.lan:8765 http://[::1]:9000;" in csp
+    )
+    # Anything that could widen the policy beyond one origin is refused, not passed through.
+    for bad in (
+        "https://x.com; script-src *",
+        "*",
+        "https:",
+        "'unsafe-eval'",
+        "https://x.com/path",
+        "ftp://x.com",
+        "https://x.com https://y.com",
+        "data:",
+    ):
+        with pytest.raises(ValueError, match="not an origin"):
+            app_csp("127.0.0.1:8765", (bad,))
+
+
+def test_kite_serve_connect_src(tmp_path: Path) -> None:
+    """A real bridge serves the extra origin in its CSP; a bad one is a one-line CLI error."""
+    import urllib.request
+
+    from tests.harness import REPO, BridgeProcess, kite
+
+    bad = kite(
+        "serve", "--workspace", str(tmp_path), "--connect-src", "https://x; script-src *",
+        state_dir=tmp_path / "state", check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--connect-src" in bad.stderr and "not an origin" in bad.stderr
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    web_dir = REPO / "dist" / "web"
+    if not (web_dir / "index.html").is_file():
+        web_dir = tmp_path  # a minimal app is enough to get the page's headers
+        (web_dir / "index.html").write_text("<!doctype html><title>t</title>")
+    extra = ["--connect-src", "https://api.example.com", "--web-dir", str(web_dir)]
+    bridge = BridgeProcess(ws, tmp_path / "state2", *extra)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{bridge.port}/", timeout=10) as page:
+            csp = page.headers["Content-Security-Policy"]
+    finally:
+        bridge.stop()
+    assert f"wss://127.0.0.1:{bridge.port} https://api.example.com;" in csp
