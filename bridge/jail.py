@@ -22,7 +22,8 @@ Rules (each is an `RpcError`, never a raw OSError, and messages only name worksp
 * the host policy's deny globs (gitignore-style, matched case-insensitively because macOS and
   Windows file systems are) → EACCES. They are checked against the path as the client wrote it,
   against the location of every symlink followed on the way, and against the resolved path;
-* the policy file `.kite/bridge.toml` and its ancestors can never be written, deleted or moved.
+* `.kite/` and everything in it (the policy file, the workspace's plugins) can never be written,
+  created, deleted or moved.
 
 What the jail cannot stop: a process already running on the host (e.g. one started through exec)
 that moves a directory out of the root while a walk holds an fd on it. Linux `openat2`
@@ -62,6 +63,8 @@ from agent_core.rpc.errors import (
     RpcError,
 )
 from bridge.policy import DEFAULT_DENY, WORKSPACE_POLICY_FILE
+
+PROTECTED_DIR = WORKSPACE_POLICY_FILE.split("/", 1)[0]  # ".kite"
 
 if TYPE_CHECKING:
     from bridge.policy import Policy
@@ -218,9 +221,10 @@ class Workspace:
 
     @staticmethod
     def is_protected(rel: str) -> bool:
-        """The policy file and its ancestors: never written, deleted or moved by a client."""
+        """`.kite/` (the policy file, the workspace's plugins the host loads and may trust by
+        name) and everything under it: never written, created, deleted or moved by a client."""
         r = rel.casefold()
-        return r == WORKSPACE_POLICY_FILE or WORKSPACE_POLICY_FILE.startswith(r + "/")
+        return r == PROTECTED_DIR or r.startswith(PROTECTED_DIR + "/")
 
     def path_lock(self, rel: str) -> asyncio.Lock:
         """One asyncio lock per resolved path, for compare-and-swap writes (if_match)."""

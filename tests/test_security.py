@@ -457,26 +457,29 @@ def test_policy_file_cannot_be_changed_by_the_client(sec: BridgeProcess) -> None
     c.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bridge/jail.py (being edited by the performance helper) protects only "
-    ".kite/bridge.toml and its ancestors, while docs/security.md and docs/protocol.md promise "
-    "that nothing under .kite/ can be changed through the bridge. .kite/plugins/ holds the "
-    "workspace's plugins, loaded on the host at start and trusted by name when the host owner "
-    "trusts an unsigned plugin: with exec disabled, fs.write could still swap its module.",
-)
 def test_nothing_under_dot_kite_can_be_written(sec: BridgeProcess) -> None:
+    """.kite/ holds the policy file and the workspace's plugins (loaded on the host, possibly
+    trusted by name): a client changes nothing in it, even with exec disabled."""
     c, _, _ = pair_independent(sec, name="dot-kite")
+    (sec.workspace / ".kite").mkdir(exist_ok=True)
+    (sec.workspace / "moved.txt").write_text("payload")
     try:
         for op, args in (
             ("fs.write", {"path": ".kite/plugins/evil/kite-plugin.json", "content": "{}"}),
             ("fs.write", {"path": ".kite/other.toml", "content": "x"}),
             ("fs.mkdir", {"path": ".kite/new"}),
+            ("fs.mkdir", {"path": ".KITE/new"}),
+            ("fs.move", {"from": "moved.txt", "to": ".kite/plugins/x.wasm"}),
+            ("fs.delete", {"path": ".kite"}),
         ):
             r = c.request(op, args)
             assert r.error and r.error["code"] == "EACCES", (op, args, r)
     finally:
         c.close()
+        assert (sec.workspace / "moved.txt").read_text() == "payload"
+        assert not (sec.workspace / ".kite" / "plugins").exists()
+        assert not (sec.workspace / ".kite" / "new").exists()
+        (sec.workspace / "moved.txt").unlink()
         for extra in (".kite/plugins", ".kite/other.toml", ".kite/new"):
             target = sec.workspace / extra
             if target.is_dir():
