@@ -107,14 +107,19 @@ def exec_request(rid: int, command: str) -> bytes:
     return json.dumps({"id": rid, "op": "exec.run", "args": {"command": command}}).encode()
 
 
+def _numbers(out: str) -> list[int]:
+    """The whole-line integers in `out`: the background loop's "tick"s may come first."""
+    return [int(line) for line in out.split("\n")[:-1] if line.strip().isdigit()]
+
+
 def read_pids(client: IndependentClient, n: int) -> list[int]:
     """The first `n` integers the command prints on stdout."""
     out = ""
-    while len(out.split()) < n or not out.endswith("\n"):
+    while len(_numbers(out)) < n:
         msg = json.loads(client.recv_plain(timeout=15))
         if msg.get("event") == "stdout":
             out += msg["data"]
-    return [int(x) for x in out.split()[:n]]
+    return _numbers(out)[:n]
 
 
 async def connect_kite(port: int, static: KeyPair, host_key: bytes) -> KiteClient:
@@ -265,9 +270,11 @@ static, host_key, url = b64d(sys.argv[1]), b64d(sys.argv[2]), sys.argv[3]
 c = IndependentClient.handshake(url, static_private=static, host_key=host_key)
 c.send_plain(json.dumps({"id": 1, "op": "exec.run", "args": {"command": sys.argv[4]}}).encode())
 out = ""
-while len(out.split()) < 2:
+def numbers():  # "tick"s from the background loop may come before the pids
+    return [x for x in out.split("\n")[:-1] if x.strip().isdigit()]
+while len(numbers()) < 2:
     out += json.loads(c.recv_plain())["data"]
-print(" ".join(out.split()[:2]), flush=True)
+print(" ".join(numbers()[:2]), flush=True)
 sys.stdin.read()  # streamed output keeps arriving; killed here
 """
 
