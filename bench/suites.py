@@ -135,7 +135,9 @@ def run_suite(name: str, quick: bool) -> list[Figure]:
     module, _ = SUITES[name]
     if find_spec(module) is None:
         raise SuiteSkipped(f"{module} is not present")
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # No PYTHONPATH: `-c` with cwd=REPO already puts the repository first on sys.path, and a
+    # PYTHONPATH would leak into the Pyodide runs some suites start (it replaces their mount).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, module, "1" if quick else "0"],
         cwd=REPO,
@@ -149,7 +151,8 @@ def run_suite(name: str, quick: bool) -> list[Figure]:
     def relay() -> None:
         assert proc.stderr is not None
         for line in proc.stderr:
-            tail.append(line.rstrip())
+            if line.strip():
+                tail.append(line.rstrip())
             print(f"[bench:{name}] {line.rstrip()}", file=sys.stderr, flush=True)
 
     relayer = threading.Thread(target=relay, daemon=True)
