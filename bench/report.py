@@ -152,7 +152,7 @@ def write_chart(doc: dict[str, Any], path: Path) -> bool:
     lo = min(min(values), 0.5) / 1.3
     hi = max(max(values), 2.0) * 2.2
     ax.set_xlim(lo, hi)
-    ticks = [t for t in (0.125, 0.25, 0.5, 1, 1.5, 2, 4, 8, 16, 32) if lo <= t <= hi]
+    ticks = [t for t in (0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32) if lo <= t <= hi]
     ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
     ax.minorticks_off()
     ax.set_yticks(ys, labels, fontsize=8)
