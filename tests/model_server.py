@@ -128,6 +128,7 @@ class ScriptedModelServer:
         self._turns: deque[ScriptItem] = deque(turns)
         self._lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
+        self.preflights: list[RecordedRequest] = []  # CORS OPTIONS from browsers
         self.disconnects = 0  # hanging responses whose client went away
         self.client_gone = threading.Event()  # set when a `hang` turn's client disconnects
         self.port = 0
@@ -242,7 +243,10 @@ class ScriptedModelServer:
             body = None
         request = RecordedRequest(method, target.split("?", 1)[0], headers, body, raw)
         with self._lock:
-            self.requests.append(request)
+            if method == "OPTIONS":
+                self.preflights.append(request)  # a browser's CORS check, not a model call
+            else:
+                self.requests.append(request)
         return request
 
     def _next_turn(self, request: RecordedRequest) -> Turn | None:
@@ -256,6 +260,17 @@ class ScriptedModelServer:
         self, req: RecordedRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         path = req.path.rstrip("/")
+        if req.method == "OPTIONS":
+            # CORS preflight, answered as the real APIs do for browser callers (the direct route).
+            allow = {
+                "access-control-allow-methods": "POST",
+                "access-control-allow-headers": req.headers.get(
+                    "access-control-request-headers", "content-type"
+                ),
+                "access-control-max-age": "600",
+            }
+            await _send_simple(writer, 204, None, allow)
+            return
         if req.method != "POST" or not (
             path.endswith("/chat/completions") or path.endswith("/messages")
         ):
@@ -310,6 +325,7 @@ class ScriptedModelServer:
             pieces = [full]
         else:
             pieces = list(events)
+        headers.setdefault("access-control-allow-origin", "*")
         head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head += "connection: close\r\n\r\n"
         wire = head.encode() + b"".join(pieces)
@@ -329,8 +345,9 @@ class ScriptedModelServer:
 async def _send_simple(
     writer: asyncio.StreamWriter, status: int, body: Any, headers: dict[str, str] | None = None
 ) -> None:
-    data = json.dumps(body).encode()
+    data = b"" if body is None else json.dumps(body).encode()
     lines = [f"HTTP/1.1 {status} Scripted", "content-type: application/json"]
+    lines.append("access-control-allow-origin: *")
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     lines += [f"content-length: {len(data)}", "connection: close"]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + data)

@@ -79,7 +79,9 @@ def bridge(
 ) -> Iterator[Drained]:
     root = tmp_path_factory.mktemp("hostA")
     env = {"OPENAI_BASE_URL": model.base_url, "OPENAI_API_KEY": RELAY_KEY}
-    proc = Drained(_workspace(root, "4711"), root / "state", "--web-dir", str(web_dir), env=env)
+    origin = "http://" + urlsplit(model.base_url).netloc  # the direct route's provider
+    extra = ("--web-dir", str(web_dir), "--connect-src", origin)
+    proc = Drained(_workspace(root, "4711"), root / "state", *extra, env=env)
     yield proc
     proc.stop()
 
@@ -160,6 +162,12 @@ def _page_log(request: pytest.FixtureRequest) -> Iterator[None]:
     if "app" in request.fixturenames:
         app = request.getfixturevalue("app")
         print("\n".join(app.logs[-60:]))
+
+
+def app_port(page: Any) -> int:
+    port = urlsplit(page.url).port
+    assert port is not None
+    return port
 
 
 def _until(check: Any, what: str, timeout_s: float = 60) -> None:
@@ -410,7 +418,24 @@ def test_settings_direct_route_key_stays_on_device(app: App, model: ScriptedMode
       };
     })"""
     assert json.loads(page.evaluate(read_settings))["api_key"] == key
+    app.close_panel()
+
+    # A real call on the direct route: the browser itself asks the provider (allowed by
+    # `kite serve --connect-src`), with the device's key; the bridge relays nothing.
+    before = len(model.requests)
+    model.script([Turn(text=["Direct ", "answer ", "7781."])])
+    app.send("hello over the direct route")
+    page.get_by_text("Direct answer 7781.").wait_for(timeout=WAIT_MS)
+    app.idle()
+    assert len(model.requests) - before == 1
+    call = model.requests[-1]
+    assert call.path.endswith("/messages") and call.body["model"] == "claude-test"
+    assert call.headers["x-api-key"] == key
+    # Sent by the page's worker itself (Playwright's request routing answers the CORS preflight).
+    assert call.headers.get("origin") == f"http://127.0.0.1:{app_port(page)}"
+
     # The key can be forgotten; then back to the local route.
+    dlg = app.panel("Settings")
     dlg.get_by_role("button", name="Forget the stored key").click()
     dlg.get_by_text("No key stored.").wait_for(timeout=WAIT_MS)
     assert json.loads(page.evaluate(read_settings))["api_key"] == ""
