@@ -422,8 +422,8 @@ def test_settings_direct_route_key_stays_on_device(app: App, model: ScriptedMode
 
     # A real call on the direct route: the browser itself asks the provider (allowed by
     # `kite serve --connect-src`), with the device's key; the bridge relays nothing.
-    before = len(model.requests)
     model.script([Turn(text=["Direct ", "answer ", "7781."])])
+    before = len(model.requests)
     app.send("hello over the direct route")
     page.get_by_text("Direct answer 7781.").wait_for(timeout=WAIT_MS)
     app.idle()
