@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
 
 from agent_core import __version__
 from agent_core.channel.crypto import CryptoError
@@ -44,6 +43,7 @@ from agent_core.rpc.frames import (
     encode_chunk,
     encode_envelope,
 )
+from agent_core.transport.ws_cpython import PushFrames
 from bridge.devices import Device
 from bridge.ops.base import REGISTRY, OpContext, OpSpec
 
@@ -67,15 +67,12 @@ INBOX_HIGH = 32  # push mode: pause reading when this many messages wait (websoc
 INBOX_LOW = 8
 
 
-class PushServerConnection(ServerConnection):
+class PushServerConnection(PushFrames, ServerConnection):
     """A websockets ServerConnection that can hand each binary message to a callback as it is
     parsed (see `Connection._on_frame`); pass it to `serve(create_connection=...)`.
 
     Until `start_push`, and for control frames always, it behaves exactly like its base class.
     A text message is handed over as None (the session refuses it)."""
-
-    _push: Callable[[bytes | bytearray | None], None] | None = None
-    _fragments: list[bytes] | None = None
 
     def start_push(self, on_message: Callable[[bytes | bytearray | None], None]) -> bool:
         """Switch to push delivery; messages websockets already queued are delivered first, in
@@ -91,28 +88,9 @@ class PushServerConnection(ServerConnection):
             self.process_event(frame)
         return True
 
-    def process_event(self, event: Any) -> None:
-        push = self._push
-        if push is None or not isinstance(event, Frame):
-            super().process_event(event)
-            return
-        opcode = event.opcode
-        if opcode is Opcode.BINARY and self._fragments is None:
-            if event.fin:
-                push(event.data)
-            else:
-                self._fragments = [bytes(event.data)]
-        elif opcode is Opcode.CONT and self._fragments is not None:
-            self._fragments.append(bytes(event.data))
-            if event.fin:
-                data = b"".join(self._fragments)
-                self._fragments = None
-                push(data)
-        elif opcode in (Opcode.TEXT, Opcode.CONT):
-            self._push = None  # nothing more is handled: the session closes
-            push(None)
-        else:
-            super().process_event(event)  # ping, pong, close
+    def _text_frame(self, push: Callable[[bytes | bytearray | None], None]) -> None:
+        self._push = None  # nothing more is handled: the session closes
+        push(None)
 
 
 class _Request:

@@ -21,17 +21,21 @@ from agent_core.transport.base import TransportClosed
 OnMessage = Callable[[bytes | bytearray], None]
 
 
-class _PushConnection(ClientConnection):
-    """A ClientConnection that can deliver data messages to a callback instead of its queue."""
+class PushFrames:
+    """Mixin for a websockets asyncio connection (client or server): once `_push` is set, data
+    messages go to it as websockets parses them, fragmented ones reassembled; control frames
+    stay with websockets. What a text frame means is the subclass's (`_text_frame`)."""
 
-    _push: OnMessage | None = None
+    _push: Callable[[Any], None] | None = None
     _fragments: list[bytes] | None = None
-    _refused: str | None = None
+
+    def _text_frame(self, push: Callable[[Any], None]) -> None:
+        raise NotImplementedError
 
     def process_event(self, event: Any) -> None:
         push = self._push
         if push is None or not isinstance(event, Frame):
-            super().process_event(event)
+            super().process_event(event)  # type: ignore[misc]
             return
         opcode = event.opcode
         if opcode is Opcode.BINARY and self._fragments is None:
@@ -46,13 +50,22 @@ class _PushConnection(ClientConnection):
                 self._fragments = None
                 push(data)
         elif opcode in (Opcode.TEXT, Opcode.CONT):
-            # A text message (or a stray continuation): refused as `recv` refuses it.
-            if self._refused is None:
-                self._refused = "peer sent a text frame"
-                self._push = None
-                self.loop.create_task(self.close(1003, "binary frames only"))
+            self._text_frame(push)  # a text message, or a stray continuation
         else:
-            super().process_event(event)  # ping, pong, close
+            super().process_event(event)  # type: ignore[misc]  # ping, pong, close
+
+
+class _PushConnection(PushFrames, ClientConnection):
+    """A ClientConnection that can deliver data messages to a callback instead of its queue."""
+
+    _refused: str | None = None
+
+    def _text_frame(self, push: Callable[[Any], None]) -> None:
+        # Refused as `recv` refuses it.
+        if self._refused is None:
+            self._refused = "peer sent a text frame"
+            self._push = None
+            self.loop.create_task(self.close(1003, "binary frames only"))
 
 
 class WebSocketTransport:
