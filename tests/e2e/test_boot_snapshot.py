@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_web import _reason, _wait_state, bridge, browser, web_dir  # noqa: F401
+from tests.e2e.test_web import _reason, _wait_state, bridge, browser  # noqa: F401
 from tests.harness import BridgeProcess
 
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
@@ -44,7 +44,7 @@ def _read_readme(page: object) -> None:
 def test_snapshot_saved_restored_and_corrupt_one_dropped(
     bridge: BridgeProcess,  # noqa: F811
     browser: object,  # noqa: F811
-    web_dir: Path,  # noqa: F811
+    web_dir: Path,
 ) -> None:
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()

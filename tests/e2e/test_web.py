@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,16 +52,6 @@ _reason = _missing()
 if _reason and os.environ.get("CI") == "true":
     raise RuntimeError(f"browser tests cannot run under CI: {_reason}")
 pytestmark = pytest.mark.skipif(_reason is not None, reason=_reason or "")
-
-
-@pytest.fixture(scope="module")
-def web_dir() -> Path:
-    sys.path.insert(0, str(REPO))  # build.py lives at the top of the repo
-    import build
-
-    out = REPO / "dist" / "web"
-    build.build(out, quiet=True)
-    return out
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.test_web import ARGS, BOOT_S, CHROMIUM, SHOTS, _wait_state, pytestmark  # noqa: F401
-from tests.harness import REPO, BridgeProcess, kite
+from tests.harness import BridgeProcess, kite
 from tests.model_server import ScriptedModelServer, ToolCall, Turn
 
 WAIT_MS = 60_000
@@ -53,24 +53,6 @@ def _workspace(root: Path, marker: str, name: str = "ws") -> Path:
     (ws / "notes" / "todo.txt").write_text(f"todo list {marker}\n- first\n- second\n")
     (ws / "blob.bin").write_bytes(b"\x00\xff\xfe binary")
     return ws
-
-
-@pytest.fixture(scope="module")
-def web_dir() -> Path:
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    import build
-
-    out = REPO / "dist" / "web"
-    build.build(out, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer().in_thread() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 
 from agent_core.plugins import sdk
 from tests.e2e.test_web import ARGS, BOOT_S, CHROMIUM, SHOTS, _wait_state, pytestmark  # noqa: F401
-from tests.harness import REPO, BridgeProcess
+from tests.harness import BridgeProcess
 from tests.model_server import ScriptedModelServer, ToolCall, Turn
 from tests.plugins import built
 
@@ -100,24 +100,6 @@ class Loopback:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def web_dir() -> Path:
-    import sys
-
-    sys.path.insert(0, str(REPO))
-    import build
-
-    out = REPO / "dist" / "web"
-    build.build(out, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def model() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer().in_thread() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
