@@ -246,3 +246,21 @@ def self_signed_cert(dir_: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+def register_device(state_dir: Path, name: str) -> tuple[bytes, bytes]:
+    """Register a new device key directly in the state dir's registry, as an admin (or
+    `kite run` for its own key) would; return (device private key, host public key)."""
+    from agent_core.channel.crypto_cpython import CpythonCryptoBackend
+    from bridge import statedir
+    from bridge.devices import Registry
+
+    backend = CpythonCryptoBackend()
+    device_private = os.urandom(32)
+    host_key = backend.keypair_from_private_bytes(statedir.load_or_create_host_key(state_dir))
+    reg = Registry(state_dir)
+    try:
+        reg.register(backend.keypair_from_private_bytes(device_private).public, name)
+    finally:
+        reg.close()
+    return device_private, host_key.public

@@ -64,6 +64,7 @@ from tests.harness import (
     kite,
     pair_independent,
     parse_pair_url,
+    register_device,
 )
 
 # Imported: attacks tested where their feature lives.
@@ -586,25 +587,12 @@ class _Device:
     registers its own (the shape tests.test_tools.connected expects)."""
 
     def __init__(self, root: Path, env: dict[str, str], policy: str) -> None:
-        from agent_core.channel.crypto_cpython import CpythonCryptoBackend
-        from bridge import statedir
-        from bridge.devices import Registry
-
         self.workspace = root / "ws"
         (self.workspace / ".kite").mkdir(parents=True)
         (self.workspace / ".kite" / "bridge.toml").write_text(policy)
         state = root / "state"
         self.proc = BridgeProcess(self.workspace, state, env=env)
-        backend = CpythonCryptoBackend()
-        self.device_private = os.urandom(32)
-        self.host_key = backend.keypair_from_private_bytes(
-            statedir.load_or_create_host_key(state)
-        ).public
-        reg = Registry(state)
-        try:
-            reg.register(backend.keypair_from_private_bytes(self.device_private).public, "agent")
-        finally:
-            reg.close()
+        self.device_private, self.host_key = register_device(state, "agent")
 
     def stop(self) -> None:
         self.proc.stop()

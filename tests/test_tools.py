@@ -24,9 +24,7 @@ from agent_core.channel.crypto_cpython import CpythonCryptoBackend
 from agent_core.channel.handshake import SUBPROTOCOL_CONNECT
 from agent_core.client import KiteClient
 from agent_core.transport.ws_cpython import open_websocket
-from bridge import statedir
-from bridge.devices import Registry
-from tests.harness import BridgeProcess
+from tests.harness import BridgeProcess, register_device
 
 # -- helpers shared with test_agent_loop / test_local_provider ------------------------------
 
@@ -48,16 +46,7 @@ class BridgeKey:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
-        backend = CpythonCryptoBackend()
-        self.device_private = os.urandom(32)
-        self.host_key = backend.keypair_from_private_bytes(
-            statedir.load_or_create_host_key(state)
-        ).public
-        reg = Registry(state)
-        try:
-            reg.register(backend.keypair_from_private_bytes(self.device_private).public, "tests")
-        finally:
-            reg.close()
+        self.device_private, self.host_key = register_device(state, "tests")
 
     def reset_workspace(self) -> None:
         for p in self.workspace.iterdir():
