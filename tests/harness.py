@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,22 @@ class BridgeProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+
+class Drained(BridgeProcess):
+    """A bridge whose stderr is read in a thread, so a long module run never fills the pipe."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[str] = []
+        stream = self.proc.stderr
+
+        def drain() -> None:
+            assert stream is not None
+            for line in iter(stream.readline, ""):
+                self.log.append(line)
+
+        threading.Thread(target=drain, daemon=True).start()
 
 
 def b64d(text: str) -> bytes:

@@ -23,27 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.e2e.test_web import ARGS, BOOT_S, CHROMIUM, SHOTS, _wait_state, pytestmark  # noqa: F401
-from tests.harness import BridgeProcess, kite
+from tests.harness import Drained, kite
 from tests.model_server import ScriptedModelServer, ToolCall, Turn
 
 WAIT_MS = 60_000
 RELAY_KEY = "sk-e2e-relay-key-0123456789"
-
-
-class Drained(BridgeProcess):
-    """A bridge whose stderr is read in a thread, so a long module run never fills the pipe."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.log: list[str] = []
-        stream = self.proc.stderr
-
-        def drain() -> None:
-            assert stream is not None
-            for line in iter(stream.readline, ""):
-                self.log.append(line)
-
-        threading.Thread(target=drain, daemon=True).start()
 
 
 def _workspace(root: Path, marker: str, name: str = "ws") -> Path:

@@ -26,7 +26,7 @@ import pytest
 
 from agent_core.plugins import sdk
 from tests.e2e.test_web import ARGS, BOOT_S, CHROMIUM, SHOTS, _wait_state, pytestmark  # noqa: F401
-from tests.harness import BridgeProcess
+from tests.harness import Drained
 from tests.model_server import ScriptedModelServer, ToolCall, Turn
 from tests.plugins import built
 
@@ -56,22 +56,6 @@ RECORD_NOTICES = """
 })();
 """
 SOURCE = "def f(x):\n    return x + 1  # FIXME: overflow on big x\n"
-
-
-class Drained(BridgeProcess):
-    """A bridge whose stderr is read in a thread, so a long module run never fills the pipe."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.log: list[str] = []
-        stream = self.proc.stderr
-
-        def drain() -> None:
-            assert stream is not None
-            for line in iter(stream.readline, ""):
-                self.log.append(line)
-
-        threading.Thread(target=drain, daemon=True).start()
 
 
 class Loopback:
