@@ -197,26 +197,6 @@ def compare(rows: list[Row]) -> list[dict[str, Any]]:
 # -- printing --------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    unit_s = "µs" if unit == "us" else unit
-    return f"{value:,.0f} {unit_s}" if value >= 100 else f"{value:,.1f} {unit_s}"
-
-
-def _table(header: list[str], body: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), rule, *(line(r) for r in body)])
-
-
 def render(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     parts = [
@@ -234,8 +214,9 @@ def render(doc: dict[str, Any]) -> str:
         else:
             runs = [f"{v:.0f}" for k, v in s.items() if k.startswith("run")]
             detail = f"best {s['best']:.0f}  runs {'/'.join(runs)}"
-        body.append([r["system"], r["label"], _fmt(r["value"], r["unit"]), detail, r["note"]])
-    parts.append(_table(["system", "measurement", "value", "detail", "note"], body, {2}))
+        value = report.fmt_value(r["value"], r["unit"])
+        body.append([r["system"], r["label"], value, detail, r["note"]])
+    parts.append(report.table(["system", "measurement", "value", "detail", "note"], body, {2}))
     best = doc["info"].get("ssh_bulk_best")
     if best:
         parts.append(f"SSH throughput baseline = the fastest variant: {best}")

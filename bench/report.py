@@ -46,7 +46,7 @@ def cost_factor(fig: dict[str, Any]) -> float | None:
     return r if fig["better"] == "lower" else 1 / r
 
 
-def _table(header: list[str], body: list[list[str]], right: set[int]) -> str:
+def table(header: list[str], body: list[list[str]], right: set[int]) -> str:
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -73,7 +73,7 @@ def _cells(fig: dict[str, Any]) -> list[str]:
 def render_text(figures: list[dict[str, Any]]) -> str:
     body = [[fig["group"], *_cells(fig)] for fig in figures]
     header = ["group", "metric", "Kite", "baseline", "baseline is", "ratio", "target", "status"]
-    return _table(header, body, {2, 3, 5})
+    return table(header, body, {2, 3, 5})
 
 
 def machine_line(doc: dict[str, Any]) -> str:
