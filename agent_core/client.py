@@ -118,13 +118,17 @@ class KiteClient:
         if self._closed is not None:
             raise ChannelClosed(str(self._closed))
         channel = self._channel
+        transport = self.transport
+        send_now = getattr(transport, "send_now", None)
         async with self._send_lock:  # nonce order must equal wire order
             for frame in frames:
                 try:
                     if channel.sync:
-                        await self.transport.send(channel.encrypt_sync(frame))
+                        data = channel.encrypt_sync(frame)
+                        if send_now is None or not send_now(data):
+                            await transport.send(data)
                     else:
-                        await self.transport.send(await channel.encrypt(frame))
+                        await transport.send(await channel.encrypt(frame))
                 except TransportClosed as exc:
                     raise ChannelClosed(str(exc)) from exc
 

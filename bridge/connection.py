@@ -518,9 +518,12 @@ class Connection:
             # (`ws.send` queues the frame before its first await), so nonce order is wire
             # order without the lock.
             encrypt = transport.encrypt_sync
-            send = self.ws.send
+            ws = self.ws
+            send_now = ws.send_now if isinstance(ws, PushFrames) else None
             for frame in frames:
-                await send(encrypt(frame))
+                data = encrypt(frame)
+                if send_now is None or not send_now(data):
+                    await ws.send(data)
             return
         async with self._send_lock:
             for frame in frames:
