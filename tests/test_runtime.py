@@ -29,13 +29,16 @@ PLATFORM_MODULES = {
     "agent_core.transport.ws_browser": "pyodide",  # js (WebSocket)
     "agent_core.plugins.engine_wasmtime": "cpython",  # wasmtime: the plugin host's engines
     "agent_core.plugins.engine_js": "pyodide",  # js (WebAssembly)
+    "agent_core.rpc.json_orjson": "cpython",  # orjson: envelope JSON, optional speed-up
 }
 """The only agent_core modules allowed to import more than the standard library, and where they
 run. A new platform implementation goes here; anything else must stay standard-library only."""
 
-REQUIRED_PLATFORM_MODULES = [name for name in PLATFORM_MODULES if ".plugins." not in name]
+REQUIRED_PLATFORM_MODULES = [
+    name for name in PLATFORM_MODULES if ".plugins." not in name and "json_" not in name
+]
 """The crypto and transport seams, one implementation per runtime (the plugin engine's extra,
-``wasmtime``, is optional)."""
+``wasmtime``, and the envelope JSON speed-up, ``orjson``, are optional)."""
 
 
 def all_modules() -> list[str]:

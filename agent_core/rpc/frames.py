@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 # A Noise transport message is at most 65535 bytes, 16 of which are the AES-GCM tag.
@@ -103,7 +104,8 @@ def _make_dumps() -> Any:
     return dumps
 
 
-dumps = _make_dumps()
+_std_dumps: Callable[[Any], bytes] = _make_dumps()
+dumps = _std_dumps  # compact UTF-8 JSON of an envelope; `install_json` may replace it
 
 
 def encode_envelope(obj: dict[str, Any]) -> list[bytes]:
@@ -225,10 +227,8 @@ class FrameDecoder:
 _scan_once = json.JSONDecoder().scan_once
 
 
-def parse_envelope(data: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Parse one envelope; ValueError (JSONDecodeError, UnicodeDecodeError) for bad input.
-
-    Envelopes are UTF-8 by definition, so the text is decoded directly and scanned from its
+def _std_parse(data: bytes | bytearray | memoryview) -> Any:
+    """Envelopes are UTF-8 by definition, so the text is decoded directly and scanned from its
     first character (`json.loads` would sniff the encoding and match whitespace regexes first);
     anything unusual (trailing whitespace, an error) goes through `json.loads` for its verdict.
     """
@@ -244,6 +244,32 @@ def parse_envelope(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     except RecursionError:
         # JSON nested ~1000 deep fits in one frame: bad input like any other, not a crash.
         raise ValueError("JSON nested too deeply") from None
+    return obj
+
+
+_parse: Callable[[bytes | bytearray | memoryview], Any] = _std_parse
+
+
+def parse_envelope(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Parse one envelope; ValueError (JSONDecodeError, UnicodeDecodeError) for bad input."""
+    obj = _parse(data)
     if not isinstance(obj, dict):
         raise FrameError("envelope is not a JSON object")
     return obj
+
+
+def standard_json() -> tuple[Callable[[Any], bytes], Callable[[Any], Any]]:
+    """The standard library's envelope encoder and parser (what `install_json` falls back on)."""
+    return _std_dumps, _std_parse
+
+
+def install_json(
+    dumps_fn: Callable[[Any], bytes], parse_fn: Callable[[bytes | bytearray | memoryview], Any]
+) -> None:
+    """Route envelope JSON through another codec (`agent_core.runtime.use_native_json`).
+
+    Both must give exactly what `standard_json()` gives (the same bytes' meaning, the same
+    value, the same verdict on bad input): a codec hands what it does not handle itself to
+    those. Callers that imported `dumps` by name keep the standard one."""
+    global dumps, _parse
+    dumps, _parse = dumps_fn, parse_fn
