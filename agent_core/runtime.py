@@ -57,7 +57,6 @@ async def open_transport(url: str, subprotocol: str) -> ByteTransport:
         return await open_browser_websocket(url, subprotocol)
     from agent_core.transport.ws_cpython import open_websocket
 
-    use_native_json()
     return await open_websocket(url, subprotocol)
 
 

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from agent_core.runtime import use_native_json
 from agent_core.transport.base import TransportClosed
 
 OnMessage = Callable[[bytes | bytearray], None]
@@ -149,6 +150,7 @@ async def open_websocket(
     url: str, subprotocol: str, *, origin: str | None = None, **kwargs: Any
 ) -> WebSocketTransport:
     """Open `url` (ws:// or wss://) offering exactly `subprotocol`."""
+    use_native_json()  # this runtime's fast envelope codec, for every client on CPython
     kwargs.setdefault("create_connection", _PushConnection)
     try:
         ws = await connect(
