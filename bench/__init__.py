@@ -160,6 +160,37 @@ async def time_calls(fn: Callable[[], Awaitable[Any]], n: int, warmup: int) -> l
         gc.enable()
 
 
+async def time_interleaved(
+    fns: dict[str, Callable[[], Awaitable[Any]]], n: int, warmup: int, block: int = 100
+) -> dict[str, list[int]]:
+    """Like `time_calls` for several functions at once, alternating blocks of `block` calls.
+
+    A figure and its baseline then share the machine's slow and fast moments (another
+    process, frequency changes), so their ratio varies far less between runs than when one is
+    measured after the other."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            await fn()
+    samples: dict[str, list[int]] = {name: [] for name in fns}
+    clock = time.perf_counter_ns
+    gc.collect()
+    gc.disable()
+    try:
+        done = 0
+        while done < n:
+            k = min(block, n - done)
+            for name, fn in fns.items():
+                out = samples[name]
+                for _ in range(k):
+                    t0 = clock()
+                    await fn()
+                    out.append(clock() - t0)
+            done += k
+        return samples
+    finally:
+        gc.enable()
+
+
 # -- the files -------------------------------------------------------------------------------
 
 

@@ -409,6 +409,8 @@ def _run_core(
             repeats=config["repeats"],
             profile_dir=args.profile.resolve() if args.profile else None,
         )
+        # fs.read and its echo baseline are timed in alternating blocks when both run.
+        ctx.shared["interleave_echo"] = {"bridge", "echo"} <= set(core)
         try:
             rows, skipped, failed = asyncio.run(run_benchmarks(ctx, core))
         finally:

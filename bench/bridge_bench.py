@@ -37,7 +37,9 @@ from bench import (
     latency_row,
     throughput_row,
     time_calls,
+    time_interleaved,
 )
+from bench.echo import echo_connection
 
 TAG = 16  # AES-GCM tag on every Noise transport message
 CLIENT_NAME = "kite-bench"
@@ -189,7 +191,17 @@ async def _fs_read_rtt(ctx: BenchContext, client: KiteClient) -> Row:
     async def read_small() -> None:
         await client.call("fs.read", args)
 
-    if ctx.profile_dir is None:
+    if ctx.profile_dir is None and ctx.shared.get("interleave_echo"):
+        # The echo baseline is timed here, in alternating blocks with this loop (see
+        # `time_interleaved`); bench_echo reports its samples.
+        async with echo_connection(ctx) as (_ws, round_trip):
+            both = await time_interleaved(
+                {"kite": read_small, "echo": round_trip}, ctx.n_rtt, ctx.warmup_rtt
+            )
+        samples = both["kite"]
+        ctx.shared["echo_rtt_samples"] = both["echo"]
+        note = "Noise XX session, warm connection, interleaved with the echo"
+    elif ctx.profile_dir is None:
         samples = await time_calls(read_small, ctx.n_rtt, ctx.warmup_rtt)
         note = "Noise XX session, warm connection"
     else:

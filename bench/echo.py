@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from agent_core.rpc.frames import dumps, encode_envelope
@@ -99,23 +101,21 @@ def approx_kite_frames(ctx: BenchContext) -> tuple[int, int]:
     return len(request) + TAG, len(response) + TAG + 64  # + 64: fields we do not know of
 
 
-async def bench_echo(ctx: BenchContext) -> list[Row]:
-    """Round trips with Kite's frame sizes, and a bulk download, over a bare WebSocket."""
-    from websockets.asyncio.client import connect
-
+def echo_frame_sizes(ctx: BenchContext) -> tuple[int, int, str]:
+    """(request, response, where from): Kite's measured frame sizes when the bridge ran."""
     frames = ctx.shared.get("kite_fs_read_frames")
     if frames:
-        req_size, resp_size = frames["request"], frames["response"]
-        sizes_note = "Kite's measured frame sizes"
-    else:
-        req_size, resp_size = approx_kite_frames(ctx)
-        sizes_note = "approximate Kite frame sizes"
-    ctx.info["echo_frame_sizes"] = {
-        "request": req_size,
-        "response": resp_size,
-        "source": sizes_note,
-    }
+        return frames["request"], frames["response"], "Kite's measured frame sizes"
+    req_size, resp_size = approx_kite_frames(ctx)
+    return req_size, resp_size, "approximate Kite frame sizes"
 
+
+@contextlib.asynccontextmanager
+async def echo_connection(ctx: BenchContext) -> AsyncIterator[tuple[Any, Any]]:
+    """A running echo server and a client connected to it: (websocket, round_trip)."""
+    from websockets.asyncio.client import connect
+
+    req_size, resp_size, _source = echo_frame_sizes(ctx)
     server = Service("echo-server", [sys.executable, "-m", "bench.echo", "--port", "0"], ctx.tmp)
     port = server.first_json()["port"]
     try:
@@ -134,48 +134,68 @@ async def bench_echo(ctx: BenchContext) -> list[Row]:
                 if len(reply) != resp_size:
                     raise RuntimeError(f"echo reply of {len(reply)} bytes, expected {resp_size}")
 
-            samples = await time_calls(round_trip, ctx.n_rtt, ctx.warmup_rtt)
-            rows = [
-                latency_row(
-                    "echo",
-                    "ws_rtt",
-                    f"WebSocket echo {req_size} B → {resp_size} B RTT",
-                    samples,
-                    f"bare websockets, {sizes_note}",
-                )
-            ]
-
-            total = ctx.fixture.big_size
-            times: list[float] = []
-            for _ in range(ctx.repeats):
-                received: list[bytes] = []
-                t0 = time.perf_counter()
-                await ws.send(json.dumps({"bulk": total, "chunk": BULK_CHUNK}))
-                while True:
-                    msg = await ws.recv()
-                    if isinstance(msg, str):
-                        break
-                    received.append(msg)
-                times.append(time.perf_counter() - t0)
-                got = sum(len(m) for m in received)
-                if got != total:
-                    raise RuntimeError(f"bulk echo delivered {got} bytes, expected {total}")
-                del received
-            rows.append(
-                throughput_row(
-                    "echo",
-                    "ws_bulk",
-                    f"WebSocket bulk {total // (1024 * 1024)} MiB (64 KiB msgs)",
-                    total,
-                    times,
-                    "bare websockets, server → client",
-                )
-            )
-            return rows
+            yield ws, round_trip
         finally:
             await ws.close()
     finally:
         server.stop()
+
+
+async def bench_echo(ctx: BenchContext) -> list[Row]:
+    """Round trips with Kite's frame sizes, and a bulk download, over a bare WebSocket.
+
+    When the bridge benchmark ran, it has already timed the echo round trip interleaved with
+    its own (`ctx.shared["echo_rtt_samples"]`); those samples are the row here."""
+    req_size, resp_size, sizes_note = echo_frame_sizes(ctx)
+    ctx.info["echo_frame_sizes"] = {
+        "request": req_size,
+        "response": resp_size,
+        "source": sizes_note,
+    }
+    async with echo_connection(ctx) as (ws, round_trip):
+        shared = ctx.shared.get("echo_rtt_samples")
+        if shared is not None:
+            samples, how = shared, f"bare websockets, {sizes_note}, interleaved with Kite's"
+        else:
+            samples = await time_calls(round_trip, ctx.n_rtt, ctx.warmup_rtt)
+            how = f"bare websockets, {sizes_note}"
+        rows = [
+            latency_row(
+                "echo",
+                "ws_rtt",
+                f"WebSocket echo {req_size} B → {resp_size} B RTT",
+                samples,
+                how,
+            )
+        ]
+
+        total = ctx.fixture.big_size
+        times: list[float] = []
+        for _ in range(ctx.repeats):
+            received: list[bytes] = []
+            t0 = time.perf_counter()
+            await ws.send(json.dumps({"bulk": total, "chunk": BULK_CHUNK}))
+            while True:
+                msg = await ws.recv()
+                if isinstance(msg, str):
+                    break
+                received.append(msg)
+            times.append(time.perf_counter() - t0)
+            got = sum(len(m) for m in received)
+            if got != total:
+                raise RuntimeError(f"bulk echo delivered {got} bytes, expected {total}")
+            del received
+        rows.append(
+            throughput_row(
+                "echo",
+                "ws_bulk",
+                f"WebSocket bulk {total // (1024 * 1024)} MiB (64 KiB msgs)",
+                total,
+                times,
+                "bare websockets, server → client",
+            )
+        )
+        return rows
 
 
 if __name__ == "__main__":
