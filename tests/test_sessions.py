@@ -152,6 +152,15 @@ def test_session_ops_sync_and_resume_through_a_bridge(
             with pytest.raises(RpcError) as exc:
                 await client.call("session.get", {"id": "../etc"})
             assert exc.value.code == EINVAL
+            # Text SQLite cannot store (a lone surrogate) is bad input, and changes nothing.
+            for call, args in (
+                ("session.create", {"id": "abc-2", "title": "bad \ud800"}),
+                ("session.create", {"id": "abc-2", "model": "\udfff"}),
+                ("session.rename", {"id": "abc-1", "title": "\ud800"}),
+            ):
+                with pytest.raises(RpcError) as exc:
+                    await client.call(call, args)
+                assert exc.value.code == EINVAL and "Unicode" in exc.value.message, call
             await client.call("session.rename", {"id": "abc-1", "title": "renamed"})
             listed = (await client.call("session.list"))["sessions"]
             assert [(s["id"], s["title"], s["messages"]) for s in listed] == [

@@ -30,8 +30,19 @@ def _store(ctx: OpContext) -> SessionStore:
     return store
 
 
+def _text(args: dict[str, Any], key: str) -> str:
+    """An optional string argument that SQLite can store (a lone surrogate cannot be UTF-8)."""
+    text = arg_str(args, key, "", allow_empty=True)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RpcError(EINVAL, f"argument '{key}' is not valid Unicode text") from None
+    return text
+
+
 def _title(args: dict[str, Any], key: str = "title") -> str:
-    title = arg_str(args, key, "", allow_empty=True)
+    title = _text(args, key)
     if len(title) > MAX_TITLE:
         raise RpcError(EINVAL, f"argument '{key}' is longer than {MAX_TITLE} characters")
     return title
@@ -44,7 +55,7 @@ async def create(ctx: OpContext, args: dict[str, Any]) -> dict[str, Any]:
     result = _store(ctx).create(
         sid,
         title=_title(args),
-        model=arg_str(args, "model", "", allow_empty=True),
+        model=_text(args, "model"),
         workspace=str(ctx.workspace.root),
         device_id=ctx.device_id,
     )
