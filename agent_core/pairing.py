@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 
 def b64url(data: bytes) -> str:
@@ -40,6 +39,8 @@ def make_link(base_url: str, secret: bytes, host_key: bytes) -> str:
 
 def parse_link(url: str) -> PairingLink:
     """Parse a pairing link; raises ValueError with a reason a person can act on."""
+    from urllib.parse import parse_qs, urlsplit, urlunsplit  # once per pairing: kept off boot
+
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("a pairing link starts with http:// or https:// and names the bridge")
@@ -55,10 +56,23 @@ def parse_link(url: str) -> PairingLink:
     return PairingLink(base, secret, host_key)
 
 
+def url_netloc(url: str) -> tuple[str, str]:
+    """(scheme, netloc) of an absolute URL, lower-case scheme, as `urlsplit` gives them.
+
+    Written out because importing `urllib.parse` (it brings `ipaddress`) costs ~80 ms of a
+    browser boot under Pyodide, and every connection needs this."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.isascii() or not scheme.isalpha():
+        raise ValueError(f"not an absolute URL: {url!r}")
+    for end in "/?#":
+        rest = rest.split(end, 1)[0]
+    return scheme.lower(), rest
+
+
 def websocket_url(base_url: str) -> str:
     """The bridge's WebSocket endpoint for a bridge page URL."""
-    parts = urlsplit(base_url)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None:
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r}")
-    return urlunsplit((scheme, parts.netloc, "/kite/v1", "", ""))
+    scheme, netloc = url_netloc(base_url)
+    ws = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(scheme)
+    if ws is None:
+        raise ValueError(f"unsupported URL scheme {scheme!r}")
+    return f"{ws}://{netloc}/kite/v1"

@@ -43,6 +43,7 @@ const DEFAULT_TESTS = [
   "tests/test_noise_properties.py",
   "tests/test_noise_vectors.py",
   "tests/test_frames.py",
+  "tests/test_pairing_urls.py",
   "tests/test_runtime.py",
   "tests/test_plugins_portable.py",
   "tests/test_webcrypto.py",
