@@ -55,6 +55,16 @@ BOOT_MODULES = (
     "kite_web",  # what the worker imports, and what connecting imports lazily:
     "agent_core.channel.crypto_webcrypto",
     "agent_core.transport.ws_browser",
+    # what kite_web imports right after `ready` (App._on_connected, _make_agent):
+    "agent_core.agent.events",
+    "agent_core.agent.local",
+    "agent_core.agent.loop",
+    "agent_core.agent.permissions",
+    "agent_core.agent.session",
+    "agent_core.agent.sync",
+    "agent_core.agent.undo",
+    "agent_core.llm.providers",
+    "agent_core.plugins.device",
 )
 """Modules whose imports (transitively) get precompiled bytecode in the wheel."""
 

@@ -149,7 +149,10 @@ def measure(runs: int) -> dict[str, list[float]]:
                             out["bare warm" if both else f"{name} {phase}"].append(ms)
                             extra = ""
                             if name == "kite":
-                                extra = f"  worker: {page.evaluate('window.kiteTimings')}"
+                                extra = (
+                                    f"  worker: {page.evaluate('window.kiteTimings')}"
+                                    f"  marks: {page.evaluate('window.kiteMarks')}"
+                                )
                             say(f"round {rnd + 1} {name} {phase}: {ms:.0f} ms{extra}")
                             if phase == "cold":
                                 out[f"{name} B"].append(float(sum(got)))

@@ -216,7 +216,8 @@ def test_sessions_new_resume_rename_delete(app: App) -> None:
 
     page.reload()
     app.wait("ready")
-    assert title.inner_text() == "Readme tour"
+    # `ready` is the live channel; the session is resumed right after it.
+    _until_js(page, "document.getElementById('session-title').textContent === 'Readme tour'", 20)
     dlg = app.panel("Sessions")
     dlg.get_by_role("button", name="Readme tour", exact=True).wait_for(timeout=WAIT_MS)
     assert _rows(dlg, "Saved sessions").count() == 1

@@ -445,6 +445,11 @@ const handlers = {
   state(msg) {
     setState(msg.state, msg.detail);
   },
+  mark(msg) {
+    // Python-side boot milestones (kite_web.mark), first occurrence of each, navigation-relative.
+    const marks = (window.kiteMarks ||= {});
+    if (!(msg.name in marks)) marks[msg.name] = Math.round(msg.at - performance.timeOrigin);
+  },
   delta(msg) {
     if (!current) current = item("assistant");
     current.textContent += msg.text;

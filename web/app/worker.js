@@ -7,6 +7,10 @@ import { bootRuntime, listenForWasm, pageWasm } from "./boot.js";
 
 listenForWasm(); // before self.onmessage: the page's compiled wasm never reaches the dispatcher
 
+// Boot milestones for the page's window.kiteMarks, in absolute time (the page converts).
+const markAt = (name, at) => postMessage({ type: "mark", name, at });
+markAt("worker_start", performance.timeOrigin + performance.now());
+
 const DB_NAME = "kite";
 const STORE = "kv";
 
@@ -55,9 +59,11 @@ let kite = null;
 
 async function boot({ pyodide: pyodideDir, py: pyDir, link, wasm }) {
   progress(0.05, "Loading the Python runtime");
+  const bootStart = performance.timeOrigin + performance.now();
   const booted = await bootRuntime({ pyodideDir, pyDir, wasm, progress });
   kite = booted.kite;
   const t = booted.timings;
+  for (const [name, ms] of Object.entries(t)) if (typeof ms === "number") markAt(name, bootStart + ms);
   postMessage({
     type: "booted",
     // runtime_ms/total_ms: kept for older readers; the rest is the per-step breakdown.

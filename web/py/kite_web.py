@@ -31,35 +31,29 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import js  # type: ignore[import-not-found]
 from js import kiteDeviceKey, kitePost, kiteStore  # type: ignore[import-not-found]
 
-from agent_core.agent import events as ev
-from agent_core.agent.local import LocalProvider
-from agent_core.agent.loop import Agent, LoopConfig, system_prompt
-from agent_core.agent.permissions import (
-    ACTIONS,
-    DEFAULT_RULES,
-    PermissionGate,
-    PermissionReply,
-    PermissionRequest,
-    Rule,
-    Ruleset,
-)
-from agent_core.agent.session import Session
-from agent_core.agent.sync import SessionSync, resume
 from agent_core.channel.handshake import SUBPROTOCOL_CONNECT, SUBPROTOCOL_PAIR
 from agent_core.client import ChannelClosed, KiteClient
-from agent_core.llm.providers import make_provider
-from agent_core.pairing import b64url, b64url_decode, parse_link, websocket_url
-from agent_core.plugins.device import load_device_tools, with_tools  # Wasm plugins
+from agent_core.pairing import b64url, b64url_decode, parse_link, url_netloc, websocket_url
 from agent_core.rpc.errors import ENOENT, RpcError
 from agent_core.runtime import default_crypto_backend, open_transport
 
+# Only what connecting needs is imported at boot. The agent (loop, tools, providers, sessions,
+# plugins: ~250 ms of imports under Pyodide) is imported after `ready`, by the setup that
+# follows it (`App._on_connected`), or by the first thing that needs it.
+if TYPE_CHECKING:
+    from agent_core.agent import events as ev
+    from agent_core.agent.loop import Agent
+    from agent_core.agent.permissions import PermissionReply, PermissionRequest, Ruleset
+    from agent_core.agent.session import Session
+    from agent_core.agent.sync import SessionSync
+
 BACKOFF_MAX_S = 30.0
+CACHED_AFTER_S = 0.5  # show the cached session if connecting has not finished by then
 DEVICE_NAME = "Kite web app"
 ROUTES = ("local", "bridge", "direct")
 # Permission keys the settings offer (write/apply_patch fold into edit).
@@ -82,6 +76,21 @@ def post(kind: str, **data: Any) -> None:
 
 def state(name: str, detail: str = "") -> None:
     post("state", state=name, detail=detail)
+    mark(f"state_{name}")
+
+
+def mark(name: str) -> None:
+    """A boot milestone for `window.kiteMarks` (ms since the page's navigation; the page
+    converts from absolute time, as the worker's clock starts later)."""
+    perf = js.performance
+    post("mark", name=name, at=perf.timeOrigin + perf.now())
+
+
+def _netloc(url: str) -> str:
+    try:
+        return url_netloc(url)[1]
+    except ValueError:
+        return ""
 
 
 class Refused(Exception):
@@ -194,6 +203,8 @@ class App:
         self.approvals: dict[str, asyncio.Future[bool]] = {}
         self.connected = asyncio.Event()
         self._conn: asyncio.Task[Any] | None = None
+        self._connect_tried = asyncio.Event()  # the first attempt ended, either way
+        self._setup: asyncio.Future[None] | None = None  # what follows `ready` (_on_connected)
 
     # -- hosts ---------------------------------------------------------------------------------
 
@@ -219,7 +230,7 @@ class App:
         hid = host_b64.replace("=", "")[:16]
         return {
             "id": hid,
-            "name": urlsplit(url).netloc or url,
+            "name": _netloc(url) or url,
             "url": url,
             "host": host_b64,
             "key": key or f"device:{hid}",
@@ -271,8 +282,11 @@ class App:
         return entry
 
     async def connect_once(self, host: dict[str, Any]) -> KiteClient:
+        mark("connect")
         static = await self._static(host)
+        mark("device_key")
         transport = await open_transport(websocket_url(str(host["url"])), SUBPROTOCOL_CONNECT)
+        mark("ws_open")
         client = await KiteClient.handshake(
             transport,
             self.backend,
@@ -281,8 +295,10 @@ class App:
             host_key=b64url_decode(str(host["host"])),
             info={"name": DEVICE_NAME},
         )
+        mark("handshake")
         try:
             await client.call("sys.ping", timeout=10)
+            mark("ping")
         except ChannelClosed as exc:
             await client.close()
             # The handshake passed our checks, then the bridge hung up: it does not know us.
@@ -293,7 +309,9 @@ class App:
 
     async def run(self, link_url: str | None) -> None:
         """Load the device's state, pair if asked, then connect to the current host."""
+        mark("run")
         await self.load()
+        mark("loaded")
         if link_url:
             try:
                 await self.pair(link_url)
@@ -305,8 +323,13 @@ class App:
         if self.host is None:
             state("error", "this browser is not paired: open a pairing link (kite pair)")
             return
-        await self._show_cached()
         self._conn = _spawn(self._connect_loop(self.host))
+        # The cached session is for reading while there is no connection: shown at once when
+        # connecting fails, after a short wait while it is under way, never over a live one.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._connect_tried.wait()), CACHED_AFTER_S)
+        if not self.connected.is_set():
+            await self._show_cached()
 
     async def _connect_loop(self, host: dict[str, Any]) -> None:
         """Stay connected to `host`, retrying with backoff; ends on refusal or a host switch."""
@@ -315,6 +338,7 @@ class App:
             try:
                 client = await self.connect_once(host)
             except Refused:
+                self._connect_tried.set()
                 state(
                     "error",
                     f"{host['name']} refused this device (it was revoked or is unknown there). "
@@ -323,19 +347,27 @@ class App:
                 return
             except Exception as exc:
                 state("offline", f"bridge unreachable ({exc}); retrying in {delay:.0f} s")
+                self._connect_tried.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             delay = 1.0
             self.client = client
+            self.connected.set()
+            self._connect_tried.set()
+            # `ready` as soon as the channel works (handshake and a ping): what follows (host
+            # info, the session, plugins, building the agent) runs after it, and whatever the
+            # page asks meanwhile waits for it (`_settled`).
+            state("ready", json.dumps(client.server_info, default=str))
+            self._setup = asyncio.ensure_future(self._on_connected(host, client))
             try:
-                await self._on_connected(host, client)
+                await self._setup
             except Exception as exc:  # the link broke while setting up: retry like a loss
+                self.connected.clear()
                 state("offline", f"connection lost while starting ({exc}); reconnecting")
                 await client.close()
                 continue
-            self.connected.set()
-            state("ready", json.dumps(self.info.get("bridge", client.server_info), default=str))
+            mark("setup_done")
             await client.wait_closed()
             self.connected.clear()
             if self.agent is not None:
@@ -347,8 +379,9 @@ class App:
             self.info = dict(await client.call("sys.info", timeout=10))
         except RpcError:
             self.info = {}
+        mark("info")
         ws = self.info.get("workspace")
-        name = f"{ws} · {urlsplit(host['url']).netloc}" if ws else host["name"]
+        name = f"{ws} · {_netloc(host['url'])}" if ws else host["name"]
         if name != host["name"]:
             host["name"] = name
             await self._save_hosts(None)
@@ -359,12 +392,27 @@ class App:
         else:
             cur = await kiteStore.get(f"current_session:{host['id']}")
             await self._open_session(cur if isinstance(cur, str) else None)
+        mark("session")
         # Wasm plugins hook (plugins helper; agent_core/plugins/device.py): the bridge's installed
         # plugins, trust and hash checked here, run in this worker; refused ones become notices.
+        from agent_core.plugins.device import load_device_tools
+
         self.plugin_tools = await load_device_tools(
             client, on_error=lambda e: post("notice", text=f"plugin not loaded: {e}")
         )
+        mark("plugins")
         self._make_agent()
+
+    def _setup_finished(self) -> bool:
+        return self._setup is not None and self._setup.done()
+
+    async def _settled(self) -> None:
+        """Wait for the setup that follows `ready`, if it is still running (never raises: a
+        failed setup is reported by the connection loop)."""
+        setup = self._setup
+        if setup is not None and not setup.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(setup)
 
     # -- sessions ------------------------------------------------------------------------------
 
@@ -376,12 +424,14 @@ class App:
 
     async def _show_cached(self) -> None:
         """Before any connection: the current session as this device last saw it (offline)."""
+        from agent_core.agent.session import Session
+
         assert self.host is not None
         cur = await kiteStore.get(f"current_session:{self.host['id']}")
         if not isinstance(cur, str):
             return
         data = await self._cache().preload(cur)
-        if data is None:
+        if data is None or self.sync is not None:  # a live session is shown meanwhile
             return
         with contextlib.suppress(KeyError, TypeError, ValueError):
             session = Session.from_json(data)
@@ -396,6 +446,9 @@ class App:
 
     async def _open_session(self, session_id: str | None) -> None:
         """Make `session_id` (resumed from the bridge and the cache) or a new one current."""
+        from agent_core.agent.session import Session
+        from agent_core.agent.sync import SessionSync, resume
+
         assert self.host is not None and self.client is not None
         cache = self._cache()
         model = self.settings.get("model", "")
@@ -412,7 +465,7 @@ class App:
         self.sync = sync
         await kiteStore.put(f"current_session:{self.host['id']}", sync.session.id)
         self._post_history(sync.session)
-        if self.client is not None and self.connected.is_set():
+        if self.client is not None and self.connected.is_set() and self._setup_finished():
             self._make_agent()
 
     async def list_sessions(self) -> None:
@@ -447,6 +500,9 @@ class App:
 
     def _provider(self) -> tuple[Any, str | None]:
         """The model route from the settings; (provider, why it fell back to local)."""
+        from agent_core.agent.local import LocalProvider
+        from agent_core.llm.providers import make_provider
+
         local = LocalProvider()
         route = self.settings.get("route", "local")
         model = str(self.settings.get("model") or "").strip()
@@ -465,6 +521,8 @@ class App:
             return local, f"{exc}; using local commands only"
 
     def _ruleset(self) -> Ruleset:
+        from agent_core.agent.permissions import ACTIONS, DEFAULT_RULES, Rule, Ruleset
+
         rules = list(DEFAULT_RULES)
         for tool, action in (self.settings.get("permissions") or {}).items():
             if tool in PERMISSION_TOOLS and action in ACTIONS:
@@ -472,6 +530,11 @@ class App:
         return Ruleset(rules)
 
     def _make_agent(self) -> None:
+        from agent_core.agent.local import LocalProvider
+        from agent_core.agent.loop import Agent, LoopConfig, system_prompt
+        from agent_core.agent.permissions import PermissionGate
+        from agent_core.plugins.device import with_tools
+
         if self.client is None or self.sync is None:
             return
         provider, warning = self._provider()
@@ -491,6 +554,8 @@ class App:
         self.post_undo()
 
     async def _approve(self, request: PermissionRequest) -> PermissionReply:
+        from agent_core.agent.permissions import PermissionReply
+
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.approvals[request.call_id] = fut
         post(
@@ -508,6 +573,8 @@ class App:
         return PermissionReply("once" if ok else "reject")
 
     def _on_event(self, event: ev.AgentEvent) -> None:
+        from agent_core.agent import events as ev
+
         if isinstance(event, ev.AssistantDelta):
             post("delta", text=event.text)
         elif isinstance(event, ev.AssistantMessage):
@@ -533,6 +600,7 @@ class App:
             self.post_undo()
 
     async def submit(self, text: str) -> None:
+        await self._settled()
         if self.agent is None or not self.connected.is_set():
             post("finished", reason="error", error="not connected to the bridge")
             return
@@ -594,6 +662,7 @@ class App:
 
     async def handle(self, msg: dict[str, Any]) -> None:
         """One request from the page; failures go back as `op_error` and change nothing."""
+        await self._settled()
         op = str(msg.get("type", ""))
         fn = getattr(self, "op_" + op, None)
         if fn is None:
@@ -618,6 +687,8 @@ class App:
         await self.list_sessions()
 
     async def op_session_open(self, msg: dict[str, Any]) -> None:
+        from agent_core.agent.session import Session
+
         sid = str(msg["id"])
         if self.client is None or not self.connected.is_set():
             # Offline: a session this device has cached can still be read (not continued).
@@ -704,6 +775,8 @@ class App:
 
     async def op_settings_set(self, msg: dict[str, Any]) -> None:
         """Validate everything first; a bad value changes nothing."""
+        from agent_core.agent.permissions import ACTIONS
+
         self._idle()
         route = msg.get("route", self.settings["route"])
         if route not in ROUTES:
