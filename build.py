@@ -153,11 +153,25 @@ def _version() -> str:
     return m.group(1) if m else "0.0.0"
 
 
+CPYTHON_ONLY = frozenset(
+    {
+        "agent_core/channel/crypto_cpython.py",  # cryptography
+        "agent_core/transport/ws_cpython.py",  # websockets
+        "agent_core/rpc/json_orjson.py",  # orjson
+        "agent_core/plugins/engine_wasmtime.py",  # wasmtime
+    }
+)
+"""Platform modules that cannot import under Pyodide (tests/test_runtime.py lists them): not
+shipped to browsers, where they would only be bytes on the first visit."""
+
+
 def wheel_sources() -> dict[str, bytes]:
     """The wheel's Python files by their path inside it: agent_core/ and the worker's modules."""
     files: dict[str, bytes] = {}
     for path in sorted((ROOT / "agent_core").rglob("*")):
         if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        if path.relative_to(ROOT).as_posix() in CPYTHON_ONLY:
             continue
         files[path.relative_to(ROOT).as_posix()] = path.read_bytes()
     for path in sorted((WEB / "py").glob("*.py")):

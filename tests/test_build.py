@@ -101,6 +101,14 @@ def test_wheel_is_stored_with_pyodide_bytecode(out: Path) -> None:
         assert all(i.compress_type == zipfile.ZIP_STORED for i in infos)
         names = {i.filename for i in infos}
         assert "kite_web.py" in names and "agent_core/client.py" in names
+        # CPython-only platform modules (the ones tests/test_runtime.py lists) are not shipped
+        from tests.test_runtime import PLATFORM_MODULES
+
+        cpython = {
+            m.replace(".", "/") + ".py" for m, r in PLATFORM_MODULES.items() if r == "cpython"
+        }
+        assert cpython == build.CPYTHON_ONLY
+        assert not cpython & names
         if shutil.which("node") is None:
             pytest.skip("node is missing: the wheel ships sources only")
         pycs = sorted(n for n in names if n.endswith(".pyc"))

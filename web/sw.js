@@ -16,6 +16,9 @@ self.addEventListener("activate", (event) => {
     caches
       .keys()
       .then((keys) => Promise.all(keys.filter((k) => k.startsWith("kite-") && k !== CACHE).map((k) => caches.delete(k))))
+      // Navigation preload: the page's request starts while this worker is still starting up,
+      // instead of after it (a reload otherwise waits for the worker, then for the network).
+      .then(() => self.registration.navigationPreload && self.registration.navigationPreload.enable())
       .then(() => self.clients.claim()),
   );
 });
@@ -27,7 +30,9 @@ self.addEventListener("fetch", (event) => {
   // The page itself: network first (a new build shows up), the cached copy when offline.
   if (req.mode === "navigate") {
     event.respondWith(
-      fetch(req).catch(() => caches.open(CACHE).then((c) => c.match("./"))),
+      Promise.resolve(event.preloadResponse)
+        .then((preloaded) => preloaded || fetch(req))
+        .catch(() => caches.open(CACHE).then((c) => c.match("./"))),
     );
     return;
   }

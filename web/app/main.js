@@ -5,6 +5,8 @@
 
 import { compileWasm } from "./boot.js";
 
+(window.kiteMarks ||= {}).main_start = Math.round(performance.now());
+
 // Boot gives up (state "error") after this; `?boot_timeout_s=N` overrides it (tests, slow phones).
 const BOOT_TIMEOUT_MS = (Number(new URLSearchParams(location.search).get("boot_timeout_s")) || 90) * 1000;
 const $ = (id) => document.getElementById(id);

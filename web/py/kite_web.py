@@ -886,6 +886,7 @@ def _spawn(coro: Any) -> asyncio.Task[Any]:
 def start(link_url: str | None) -> None:
     """Called once by the worker after boot (with the pairing link, if the page had one)."""
     global APP
+    mark("start")
     APP = App()
     _spawn(APP.run(link_url or None))
 
