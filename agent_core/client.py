@@ -335,16 +335,15 @@ class KiteClient:
         return self._closed is not None
 
     async def wait_closed(self) -> None:
-        with contextlib.suppress(BaseException):
-            await self._reader
+        """Until the connection ends. Cancelling the caller cancels only the wait (awaiting the
+        reader itself would swallow the caller's own cancellation along with the reader's end)."""
+        await asyncio.wait({self._reader})
 
     async def close(self) -> None:
         self._reader.cancel()
         if self._drainer is not None:
             self._drainer.cancel()
-        with contextlib.suppress(BaseException):
-            await self._reader
+        await asyncio.wait({self._reader})
         if self._drainer is not None:
-            with contextlib.suppress(BaseException):
-                await self._drainer
+            await asyncio.wait({self._drainer})
         await self.transport.close()

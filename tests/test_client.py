@@ -261,3 +261,34 @@ def test_a_raising_callback_fails_the_channel_in_both_receive_modes(
         await client.close()
 
     asyncio.run(main())
+
+
+def test_cancelling_a_wait_for_the_end_cancels_the_waiter_only(bridge: BridgeProcess) -> None:
+    """A task parked in `wait_closed` can be cancelled (the web app does it to switch hosts);
+    the connection stays usable. Before the fix the cancellation was swallowed, so the task
+    went on as if the connection had ended."""
+
+    async def main() -> None:
+        client = await pair(bridge, CpythonCryptoBackend())
+        try:
+            after: list[str] = []
+
+            async def watcher() -> None:
+                await client.wait_closed()
+                after.append("returned")  # must not happen: we are cancelled, not closed
+
+            task = asyncio.ensure_future(watcher())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert after == []
+            assert await client.call("sys.ping") is not None  # still connected
+
+            closer = asyncio.ensure_future(client.close())
+            await asyncio.wait_for(client.wait_closed(), 10)  # and it does end on close
+            await closer
+        finally:
+            await client.close()
+
+    asyncio.run(main())
