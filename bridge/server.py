@@ -232,6 +232,15 @@ class Bridge:
         if not upgrade:
             return text_response(400, "this endpoint speaks WebSocket only\n")
         if not policy.origin_ok(headers.get("Origin")):
+            # Worth a line: a page on another origin tried to use this bridge.
+            self.audit.record(
+                {
+                    "op": "upgrade",
+                    "peer": _peer(conn),
+                    "origin": headers.get("Origin"),
+                    "outcome": "EACCES: origin not allowed",
+                }
+            )
             return text_response(403, "forbidden: cross-origin request\n")
         offered = [
             p.strip()
@@ -305,3 +314,9 @@ class Bridge:
             "duration_ms": round((time.monotonic() - t0) * 1000, 3),
         }
         self.audit.record(entry)
+
+
+def _peer(conn: ServerConnection) -> str:
+    """The peer's address, as `Connection.peer` gives it."""
+    addr = conn.remote_address
+    return str(addr[0]) if addr else "?"

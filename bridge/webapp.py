@@ -77,12 +77,20 @@ def app_csp(host: str | None, connect_src: tuple[str, ...] = ()) -> str:
 
     `connect_src`: origins the host owner lets the app reach besides this bridge (another
     paired Kite host, a provider for the direct model route, a device plugin's allowed host).
+    An http(s) origin also allows its WebSocket twin (ws/wss, same host and port): another Kite
+    host is named by its page's address, as in its pairing link, and the app reaches it there
+    by WebSocket, which CSP counts as another scheme.
     """
     connect = "'self'"
     if host and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host):
         connect += f" ws://{host} wss://{host}"
     for origin in connect_src:
-        connect += " " + check_origin(origin)
+        checked = check_origin(origin)
+        connect += " " + checked
+        scheme, sep, rest = checked.partition("://")
+        twin = {"http": "ws", "https": "wss"}.get(scheme.lower())
+        if twin is not None:
+            connect += f" {twin}{sep}{rest}"
     return (
         "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; "
         f"style-src 'self'; img-src 'self' data:; connect-src {connect}; manifest-src 'self'; "

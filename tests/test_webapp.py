@@ -78,8 +78,8 @@ def test_connect_src_adds_only_bare_origins(web: Path) -> None:
     csp = serve_static(web, "/", "ws", h, extra).headers["Content-Security-Policy"]
     assert (
         "connect-src 'self' ws://127.0.0.1:8765 wss://127.0.0.1:8765 https://api.openai.com "
-        "wss://other.lan:8765 http://[::1]:9000;" in csp
-    )
+        "wss://api.openai.com wss://other.lan:8765 http://[::1]:9000 ws://[::1]:9000;" in csp
+    )  # an http(s) origin brings its WebSocket twin: another Kite host named by its page URL
     # Anything that could widen the policy beyond one origin is refused, not passed through.
     for bad in (
         "https://x.com; script-src *",
@@ -119,4 +119,4 @@ def test_kite_serve_connect_src(tmp_path: Path) -> None:
             csp = page.headers["Content-Security-Policy"]
     finally:
         bridge.stop()
-    assert f"wss://127.0.0.1:{bridge.port} https://api.example.com;" in csp
+    assert f"wss://127.0.0.1:{bridge.port} https://api.example.com wss://api.example.com;" in csp

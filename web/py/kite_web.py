@@ -851,10 +851,12 @@ class App:
             base = parse_link(link).base_url
             here = str(getattr(js.location, "origin", ""))
             if "failed to open" in str(exc) and not base.startswith(here):
+                there = base.rstrip("/")
                 raise RuntimeError(
-                    f"{exc}. A bridge on another origin must be allowed twice: this app's bridge "
-                    f"must let the page connect to it (Content-Security-Policy connect-src) and "
-                    f"it must accept this page (kite serve --allow-origin {here})"
+                    f"{exc}. A bridge on another origin must be allowed twice: the bridge that "
+                    f"serves this app must let the page connect to it (kite serve --connect-src "
+                    f"{there}, its Content-Security-Policy connect-src) and that bridge must "
+                    f"accept this page (kite serve --allow-origin {here})"
                 ) from exc
             raise
         await self._switch(entry)
