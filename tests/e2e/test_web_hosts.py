@@ -93,11 +93,7 @@ def test_second_host_on_another_origin(browser: Any, hosts: dict[str, Drained]) 
         assert hosts["beta"].port != hosts["alpha"].port
 
         # Back to alpha: its own session and workspace.
-        dlg = app.panel("Settings")
-        dlg.get_by_role("button", name="Switch to alpha").click()
-        host_list.get_by_role("button", name="Switch to beta").wait_for(timeout=WAIT_MS)
-        app.close_panel()
-        app.wait("ready")
+        app.switch_host("alpha", "beta")
         page.get_by_text("Kite e2e marker 1111").first.wait_for(timeout=WAIT_MS)
         assert page.get_by_text("Kite e2e marker 2222").count() == 0
 

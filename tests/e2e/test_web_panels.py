@@ -107,6 +107,15 @@ class App:
         self.page.keyboard.press("Escape")
         self.page.get_by_role("dialog").wait_for(state="hidden", timeout=WAIT_MS)
 
+    def switch_host(self, to: str, other: str) -> None:
+        """Settings → Switch to `to` (the list then offers `other`), then wait for `ready`."""
+        dlg = self.panel("Settings")
+        dlg.get_by_role("button", name=f"Switch to {to}").click()
+        hosts = dlg.get_by_role("list", name="Paired hosts")
+        hosts.get_by_role("button", name=f"Switch to {other}").wait_for(timeout=WAIT_MS)
+        self.close_panel()
+        self.wait("ready")
+
     def shot(self, name: str) -> None:
         SHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SHOTS / name))
@@ -522,11 +531,7 @@ def test_two_hosts_paired_and_switched(browser: Any, web_dir: Path, tmp_path: Pa
         # alpha is back; switching to it resumes alpha's own session and workspace.
         running.pop().stop()
         running.append(Drained(*alpha_args))
-        dlg = a.panel("Settings")
-        dlg.get_by_role("button", name="Switch to alpha").click()
-        hosts.get_by_role("button", name="Switch to beta").wait_for(timeout=WAIT_MS)
-        a.close_panel()
-        a.wait("ready")
+        a.switch_host("alpha", "beta")
         page.get_by_text("Kite e2e marker 1111").first.wait_for(timeout=WAIT_MS)
         assert page.get_by_text("Kite e2e marker 2222").count() == 0
         keys = page.evaluate(
