@@ -41,7 +41,8 @@ EXTRA_KB_TARGET = 400.0
 
 BARE_HTML = """<!doctype html><html><head><meta charset="utf-8">
 <script type="module" src="bare.js"></script></head><body>bare</body></html>"""
-BARE_JS = """const { loadPyodide } = await import(new URL("PYDIR/pyodide.mjs", location.href).href);
+BARE_JS = """window.bareStart = performance.now();
+const { loadPyodide } = await import(new URL("PYDIR/pyodide.mjs", location.href).href);
 await loadPyodide({
   indexURL: new URL("PYDIR/", location.href).href,
   lockFileURL: new URL("LOCKDIR/pyodide-lock.json", location.href).href,
@@ -148,6 +149,8 @@ def measure(runs: int) -> dict[str, list[float]]:
                             both = (name, phase) == ("bare", "snap")  # bare: 2 warm reloads
                             out["bare warm" if both else f"{name} {phase}"].append(ms)
                             extra = ""
+                            if name == "bare":
+                                extra = f"  start {page.evaluate('window.bareStart'):.0f}"
                             if name == "kite":
                                 extra = (
                                     f"  worker: {page.evaluate('window.kiteTimings')}"
